@@ -1,0 +1,53 @@
+"""The `vlm-tune` command: one sub-command per job; user errors become one line and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+USAGE = """usage: vlm-tune COMMAND [options]
+
+commands:
+  sft --config RECIPE.yaml [--field value ...]   supervised fine-tuning (QLoRA) with TRL's SFTTrainer
+  make-tiny-model --output DIR [--seed N]        build the tiny SmolVLM-architecture model (offline)
+
+Run `vlm-tune COMMAND --help` for a command's options."""
+
+
+def _run(command: str, argv: list[str]) -> int:
+    if command == "sft":
+        from vlm_tune import sft
+
+        sft.main(argv)
+        return 0
+    if command == "make-tiny-model":
+        from vlm_tune import tiny_model
+
+        return tiny_model.main(argv)
+    print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # TRL sets transformers' deprecated `gradient_checkpointing*` names itself; the warning is noise for users.
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    from vlm_tune.errors import UserError
+
+    try:
+        return _run(argv[0], argv[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Load a SmolVLM-style model + processor for training: dtype per machine, 4-bit NF4, LoRA scopes.
+
+Vision-tower parameter names (q_proj, …) overlap with the text model's, so LoRA targets are built as
+a regex anchored on the module path of each scope: a scope never reaches the vision tower by accident.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+
+import torch
+from peft import LoraConfig
+from trl import ModelConfig, get_peft_config, get_quantization_config
+
+from vlm_tune.errors import UserError
+
+# --- LoRA scopes -----------------------------------------------------------------------------
+# Module paths of Idefics3ForConditionalGeneration (SmolVLM): model.text_model / connector / vision_model.
+TEXT_LINEAR = r"model\.text_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+CONNECTOR_LINEAR = r"model\.connector\.modality_projection\.proj"
+VISION_LINEAR = r"model\.vision_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc(1|2))"
+SCOPE_PATTERNS = {
+    "lm": [TEXT_LINEAR],
+    "lm+connector": [TEXT_LINEAR, CONNECTOR_LINEAR],
+    "all": [TEXT_LINEAR, CONNECTOR_LINEAR, VISION_LINEAR],
+}
+
+
+def lora_target_regex(scope: str, names: list[str] | None = None) -> str:
+    """Regex (peft full-match) of the Linear layers LoRA adapts; `names` keeps only those leaf names."""
+    scope_regex = "|".join(f"({p})" for p in SCOPE_PATTERNS[scope])
+    if not names or names == ["all-linear"]:
+        return f"^({scope_regex})$"
+    leaf = "|".join(re.escape(n) for n in names)
+    return f"^(?=.*\\.({leaf})$)({scope_regex})$"
+
+
+def build_lora_config(model_args: ModelConfig, scope: str) -> LoraConfig | None:
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None:
+        peft_config.target_modules = lora_target_regex(scope, model_args.lora_target_modules)
+    return peft_config
+
+
+# --- machine checks --------------------------------------------------------------------------
+def check_machine(training_args, model_args: ModelConfig) -> None:
+    """Fail early, in one line, when the recipe asks for something this machine can't do."""
+    cuda = torch.cuda.is_available()
+    if getattr(training_args, "fp16", False) and not cuda:
+        raise UserError("fp16: true needs a CUDA GPU and this machine has none; set fp16: false (CPU trains in fp32)")
+    if getattr(training_args, "bf16", False) and not (cuda and torch.cuda.is_bf16_supported()):
+        where = "this GPU does not support bf16" if cuda else "this machine has no CUDA GPU"
+        raise UserError(f"bf16: true but {where}; pass --bf16 false (and fp16 on older GPUs)")
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
+        flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+        raise UserError(f"{flag}: true needs bitsandbytes (pip install bitsandbytes), or set {flag}: false")
+
+
+def resolve_dtype(model_args: ModelConfig) -> torch.dtype:
+    """bf16 on a CUDA GPU that has it, fp32 on CPU, unless the recipe names a dtype."""
+    if model_args.dtype in (None, "auto"):
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, model_args.dtype)
+
+
+# --- load ------------------------------------------------------------------------------------
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.exists(name)
+
+
+def _hub_error(name: str, exc: Exception) -> UserError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return UserError(
+        f"cannot load '{name}': not a local folder and the Hugging Face Hub did not provide it ({reason}). "
+        f"Where the hub is reachable run `hf download {name} --local-dir DIR` and set model_name_or_path: DIR"
+    )
+
+
+def load_processor(
+    model_args: ModelConfig,
+    trust_remote_code: bool = False,
+    image_longest_edge: int | None = None,
+    do_image_splitting: bool | None = None,
+):
+    from transformers import AutoProcessor
+
+    name = model_args.model_name_or_path
+    if not name:
+        raise UserError("model_name_or_path is not set in the recipe")
+    if _looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
+        raise UserError(f"model path not found: {name}")
+    try:
+        processor = AutoProcessor.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        raise _hub_error(name, exc) from None
+    image_processor = processor.image_processor
+    if image_longest_edge is not None:
+        image_processor.size = {"longest_edge": image_longest_edge}
+    if do_image_splitting is not None:
+        image_processor.do_image_splitting = do_image_splitting
+    return processor
+
+
+def load_model(model_args: ModelConfig, trust_remote_code: bool = False, train_vision_tower: bool = False):
+    from accelerate import PartialState
+    from transformers import AutoModelForImageTextToText
+
+    dtype = resolve_dtype(model_args)
+    model_args.dtype = str(dtype).removeprefix("torch.")  # get_quantization_config reads the compute dtype here
+    quantization_config = get_quantization_config(model_args)
+    device_map = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            device_map=device_map,
+            attn_implementation=model_args.attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as exc:
+        raise _hub_error(model_args.model_name_or_path, exc) from None
+    if not model_args.use_peft and not train_vision_tower:
+        # Full fine-tuning: the frozen vision encoder is the usual choice (and most of the compute).
+        for param in model.model.vision_model.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+def keep_adapters_fp32(model) -> None:
+    """TRL casts QLoRA adapters to bf16; fp32 master weights keep small Adam updates from being rounded away."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) — 4-bit weights count as the number of values they store."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel() * (2 if param.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if param.requires_grad else 0
+    return trainable, total

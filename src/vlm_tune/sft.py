@@ -1,0 +1,136 @@
+"""`vlm-tune sft`: recipe → (tiny model / synthetic data on first use) → load → format → train → save.
+
+    vlm-tune sft --config recipes/tiny/sft_chartqa.yaml [--any_field value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from trl import SFTConfig, SFTTrainer
+
+from vlm_tune.data import format_chartqa, get_split, load_splits
+from vlm_tune.modeling import (
+    build_lora_config,
+    check_machine,
+    count_parameters,
+    keep_adapters_fp32,
+    load_model,
+    load_processor,
+)
+from vlm_tune.recipes import parse_recipe, write_resolved_recipe
+
+
+# --- embedded default assets -----------------------------------------------------------------
+def ensure_assets(script_args, model_args) -> None:
+    """The tiny recipe builds its model and data on first use, so `make sft` needs no hub."""
+    if script_args.build_tiny_model and not os.path.isdir(model_args.model_name_or_path):
+        from vlm_tune.tiny_model import make_tiny_model
+
+        print(f"Building the tiny SmolVLM-architecture model at {model_args.model_name_or_path} (first use)")
+        make_tiny_model(model_args.model_name_or_path, seed=script_args.tiny_model_seed)
+    if script_args.synthetic_dataset and not os.path.exists(script_args.dataset_name):
+        from data_builders.chartqa import build_chartqa, save_chartqa
+
+        n_train, n_val, n_test = script_args.synthetic_sizes
+        print(f"Building synthetic ChartQA ({n_train}/{n_val}/{n_test}) at {script_args.dataset_name} (first use)")
+        splits = build_chartqa(
+            n_train, n_val, n_test, seed=script_args.synthetic_seed,
+            image_size=script_args.synthetic_image_size, num_proc=min(2, os.cpu_count() or 1),
+        )
+        save_chartqa(splits, script_args.dataset_name)
+
+
+# --- summary ---------------------------------------------------------------------------------
+def peak_memory_mb() -> dict[str, float]:
+    peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    if torch.cuda.is_available():
+        peak["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def print_summary(summary: dict) -> None:
+    width = max(len(k) for k in summary)
+    print("\n" + "=" * 60 + "\nvlm-tune sft — run summary")
+    for key, value in summary.items():
+        shown = f"{value:,.1f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else value)
+        print(f"  {key.ljust(width)}  {shown}")
+    print("=" * 60)
+
+
+# --- job -------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    script_args, training_args, model_args, resolved = parse_recipe(argv, SFTConfig)
+    ensure_assets(script_args, model_args)
+
+    # load (the processor first: a missing model or unreachable hub is the first thing to report)
+    processor = load_processor(
+        model_args, training_args.trust_remote_code, script_args.image_longest_edge, script_args.do_image_splitting
+    )
+    splits = load_splits(script_args.dataset_name, script_args.dataset_config)
+    train_split = get_split(splits, script_args.dataset_train_split, script_args.dataset_name, script_args.max_train_samples)
+    eval_split = None
+    if training_args.eval_strategy != "no":
+        eval_split = get_split(splits, script_args.dataset_val_split, script_args.dataset_name, script_args.max_eval_samples)
+    check_machine(training_args, model_args)
+    model = load_model(model_args, training_args.trust_remote_code, script_args.train_vision_tower)
+
+    # format
+    where = f"{script_args.dataset_name} [{{}}]"
+    train_dataset = format_chartqa(train_split, script_args.system_prompt, where.format(script_args.dataset_train_split))
+    eval_dataset = None
+    if eval_split is not None:
+        eval_dataset = format_chartqa(eval_split, script_args.system_prompt, where.format(script_args.dataset_val_split))
+
+    # train
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        peft_config=build_lora_config(model_args, script_args.lora_scope),
+        callbacks=callbacks,
+    )
+    keep_adapters_fp32(trainer.model)
+    trainable, total = count_parameters(trainer.model)
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_seconds = time.perf_counter() - started
+
+    # save: adapter + processor (save_model), metrics, trainer state, resolved recipe
+    trainer.save_model(training_args.output_dir)
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    world = training_args.world_size
+    summary = {
+        "output_dir": training_args.output_dir,
+        "model": model_args.model_name_or_path,
+        "steps": trainer.state.global_step,
+        "effective_batch": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world,
+        "batch_arithmetic": f"{training_args.per_device_train_batch_size} per device × "
+        f"{training_args.gradient_accumulation_steps} accumulation × {world} process(es)",
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / max(total, 1),
+        "train_loss": float(metrics.get("train_loss", float("nan"))),
+        "train_seconds": train_seconds,
+        **peak_memory_mb(),
+    }
+    if trainer.is_world_process_zero():
+        out = Path(training_args.output_dir)
+        command = "vlm-tune sft " + shlex.join(argv)
+        write_resolved_recipe(resolved, out / "recipe.yaml", command)
+        (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        print_summary(summary)
+    return summary

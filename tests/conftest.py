@@ -1,0 +1,56 @@
+"""Shared fixtures: the tiny SmolVLM-architecture model and a small synthetic ChartQA, built once per run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach for the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_RECIPE = REPO / "recipes" / "tiny" / "sft_chartqa.yaml"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from vlm_tune.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-smolvlm", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_chartqa_dir(tmp_path_factory) -> Path:
+    from data_builders.chartqa import build_chartqa, save_chartqa
+
+    path = tmp_path_factory.mktemp("data") / "chartqa"
+    save_chartqa(build_chartqa(24, 8, 8, seed=0, num_proc=1), path)
+    return path
+
+
+def sft_argv(model_dir, data_dir, output_dir, *extra: str) -> list[str]:
+    """The tiny default recipe pointed at the session fixtures, made short."""
+    return [
+        "--config", str(TINY_RECIPE),
+        "--model_name_or_path", str(model_dir),
+        "--dataset_name", str(data_dir),
+        "--output_dir", str(output_dir),
+        "--build_tiny_model", "false",
+        "--synthetic_dataset", "false",
+        "--logging_steps", "1",
+        "--disable_tqdm", "true",
+        *extra,
+    ]

@@ -1,0 +1,72 @@
+"""LoRA scopes never reach the vision tower by accident; machine checks fail in one line."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForImageTextToText
+from trl import ModelConfig
+
+from vlm_tune.errors import UserError
+from vlm_tune.modeling import build_lora_config, check_machine, lora_target_regex
+
+
+def _adapted(model_dir, scope, names=None):
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    config = build_lora_config(ModelConfig(use_peft=True, lora_r=4, lora_target_modules=names), scope)
+    peft_model = get_peft_model(model, config)
+    return {n.split(".lora_A")[0].removeprefix("base_model.model.") for n, _ in peft_model.named_parameters() if ".lora_A" in n}
+
+
+def test_lm_scope_is_text_attention_and_mlp_only(tiny_model_dir):
+    adapted = _adapted(tiny_model_dir, "lm")
+    assert adapted and all(n.startswith("model.text_model.layers.") for n in adapted)
+    assert {n.rsplit(".", 1)[1] for n in adapted} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_bare_names_stay_inside_the_scope(tiny_model_dir):
+    """`q_proj` exists in the vision tower too; inside scope 'lm' it must only hit the text model."""
+    adapted = _adapted(tiny_model_dir, "lm", ["q_proj", "v_proj"])
+    assert adapted and all(n.startswith("model.text_model.") and n.endswith(("q_proj", "v_proj")) for n in adapted)
+
+
+def test_connector_and_all_scopes(tiny_model_dir):
+    with_connector = _adapted(tiny_model_dir, "lm+connector")
+    assert "model.connector.modality_projection.proj" in with_connector
+    assert not any("vision_model" in n for n in with_connector)
+    everything = _adapted(tiny_model_dir, "all")
+    assert any(n.startswith("model.vision_model.encoder.layers.") for n in everything)
+    assert "lm_head" not in everything  # LoRA on lm_head breaks TRL's loss; never in a scope
+
+
+def test_regex_is_anchored():
+    pattern = lora_target_regex("lm")
+    assert re.fullmatch(pattern, "model.text_model.layers.3.self_attn.q_proj")
+    assert not re.fullmatch(pattern, "model.vision_model.encoder.layers.3.self_attn.q_proj")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only machine")
+@pytest.mark.parametrize("flag", ["bf16", "fp16"])
+def test_half_precision_on_cpu_is_refused(flag):
+    class Args:
+        bf16 = flag == "bf16"
+        fp16 = flag == "fp16"
+
+    with pytest.raises(UserError, match=f"{flag}: true"):
+        check_machine(Args(), ModelConfig())
+
+
+def test_4bit_without_bitsandbytes(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+
+    class Args:
+        bf16 = fp16 = False
+
+    with pytest.raises(UserError, match="load_in_4bit: true needs bitsandbytes"):
+        check_machine(Args(), ModelConfig(load_in_4bit=True))
