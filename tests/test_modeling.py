@@ -51,12 +51,8 @@ def test_regex_is_anchored():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only machine")
 @pytest.mark.parametrize("flag", ["bf16", "fp16"])
 def test_half_precision_on_cpu_is_refused(flag):
-    class Args:
-        bf16 = flag == "bf16"
-        fp16 = flag == "fp16"
-
     with pytest.raises(UserError, match=f"{flag}: true"):
-        check_machine(Args(), ModelConfig())
+        check_machine({flag: True}, ModelConfig())
 
 
 def test_4bit_without_bitsandbytes(monkeypatch):
@@ -65,8 +61,5 @@ def test_4bit_without_bitsandbytes(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
 
-    class Args:
-        bf16 = fp16 = False
-
     with pytest.raises(UserError, match="load_in_4bit: true needs bitsandbytes"):
-        check_machine(Args(), ModelConfig(load_in_4bit=True))
+        check_machine({}, ModelConfig(load_in_4bit=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -25,7 +26,7 @@ def _run(command: str, argv: list[str]) -> int:
         from vlm_tune import tiny_model
 
         return tiny_model.main(argv)
-    print(f"error: unknown command '{command}'\n{USAGE}", file=sys.stderr)
+    print(f"error: unknown command '{command}' (see vlm-tune --help)", file=sys.stderr)
     return 2
 
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # TRL sets transformers' deprecated `gradient_checkpointing*` names itself; the warning is noise for users.
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    # bitsandbytes tries an optional CPU kernel from the hub and warns when offline; its fallback works.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from vlm_tune.errors import UserError
 
     try:

@@ -15,6 +15,7 @@ import datasets
 from PIL import Image
 
 from vlm_tune.errors import UserError
+from vlm_tune.hub import offline_unless_reachable
 
 REQUIRED_COLUMNS = ("image", "query", "label")
 
@@ -36,6 +37,7 @@ def load_splits(dataset_name: str, dataset_config: str | None = None) -> dataset
         raise UserError(f"cannot read dataset {dataset_name}: {str(exc).splitlines()[0]}") from None
     if dataset_name.startswith((".", "/", "~")) or dataset_name.count("/") != 1:
         raise UserError(f"dataset not found: {dataset_name}")
+    offline_unless_reachable()
     try:
         return datasets.load_dataset(dataset_name, dataset_config)
     except Exception as exc:  # hub errors come in many types (connection, auth, not found)

@@ -15,6 +15,7 @@ from peft import LoraConfig
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from vlm_tune.errors import UserError
+from vlm_tune.hub import offline_unless_reachable
 
 # --- LoRA scopes -----------------------------------------------------------------------------
 # Module paths of Idefics3ForConditionalGeneration (SmolVLM): model.text_model / connector / vision_model.
@@ -45,12 +46,12 @@ def build_lora_config(model_args: ModelConfig, scope: str) -> LoraConfig | None:
 
 
 # --- machine checks --------------------------------------------------------------------------
-def check_machine(training_args, model_args: ModelConfig) -> None:
-    """Fail early, in one line, when the recipe asks for something this machine can't do."""
+def check_machine(resolved: dict, model_args: ModelConfig) -> None:
+    """Fail early, in one line, when the recipe (resolved: what it asked for) needs what this machine lacks."""
     cuda = torch.cuda.is_available()
-    if getattr(training_args, "fp16", False) and not cuda:
-        raise UserError("fp16: true needs a CUDA GPU and this machine has none; set fp16: false (CPU trains in fp32)")
-    if getattr(training_args, "bf16", False) and not (cuda and torch.cuda.is_bf16_supported()):
+    if resolved.get("fp16") and not cuda:
+        raise UserError("fp16: true needs a CUDA GPU and this machine has none; pass --fp16 false (CPU trains in fp32)")
+    if resolved.get("bf16") and not (cuda and torch.cuda.is_bf16_supported()):
         where = "this GPU does not support bf16" if cuda else "this machine has no CUDA GPU"
         raise UserError(f"bf16: true but {where}; pass --bf16 false (and fp16 on older GPUs)")
     if (model_args.load_in_4bit or model_args.load_in_8bit) and importlib.util.find_spec("bitsandbytes") is None:
@@ -91,6 +92,8 @@ def load_processor(
         raise UserError("model_name_or_path is not set in the recipe")
     if _looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
         raise UserError(f"model path not found: {name}")
+    if not _looks_local(name):
+        offline_unless_reachable()
     try:
         processor = AutoProcessor.from_pretrained(
             name, revision=model_args.model_revision, trust_remote_code=trust_remote_code

@@ -93,6 +93,17 @@ def _read_recipe(path: str, known: set[str]) -> dict[str, Any]:
     return recipe
 
 
+def _asked(recipe: dict, argv: list[str], key: str) -> bool:
+    """Whether the recipe or the command line (which wins) switches a boolean flag on."""
+    value = recipe.get(key)
+    for i, arg in enumerate(argv):
+        if arg == f"--{key}":
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
+        elif arg.startswith(f"--{key}="):
+            value = arg.split("=", 1)[1]
+    return str(value).lower() in ("true", "1", "yes")
+
+
 def _cli_keys(argv: list[str]) -> list[str]:
     return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and arg != "--config"]
 
@@ -112,15 +123,21 @@ def parse_recipe(argv: list[str], training_config_cls) -> tuple[VlmScriptArgumen
             raise UserError(f"unknown flag --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))
 
     parser = _Parser(dataclass_types)
-    # Machine-dependent defaults that a recipe may still override: bf16 mixed precision only where
-    # a CUDA GPU has it (TRL defaults to bf16 everywhere, which fails on CPU), and non-reentrant
-    # activation checkpointing (reentrant breaks with frozen inputs + LoRA).
-    parser.set_defaults(
-        bf16=bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-    )
+    # Machine-dependent defaults that a recipe may still override: bf16 mixed precision and pinned
+    # memory only where a CUDA GPU has them (TRL defaults to bf16 everywhere, which fails on CPU),
+    # and non-reentrant activation checkpointing (reentrant breaks with frozen inputs + LoRA).
+    cuda = torch.cuda.is_available()
+    cuda_bf16 = bool(cuda and torch.cuda.is_bf16_supported())
+    parser.set_defaults(bf16=cuda_bf16, dataloader_pin_memory=cuda, gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Half precision this machine can't do is parsed as off and reported later by
+    # modeling.check_machine (after the model is found), from the resolved recipe.
+    parse_argv = list(argv)
+    if _asked(recipe, argv, "bf16") and not cuda_bf16:
+        parse_argv += ["--bf16", "false"]
+    if _asked(recipe, argv, "fp16") and not cuda:
+        parse_argv += ["--fp16", "false"]
     try:
-        script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+        script_args, training_args, model_args = parser.parse_args_and_config(args=parse_argv)
     except ValueError as exc:
         raise UserError(f"{recipe_path}: {exc}") from None
     # 'resume_from_checkpoint: true' means the latest checkpoint in output_dir (Trainer wants True).
@@ -137,6 +154,9 @@ def parse_recipe(argv: list[str], training_config_cls) -> tuple[VlmScriptArgumen
     for obj in (script_args, training_args, model_args):
         values.update({f.name: getattr(obj, f.name) for f in fields(obj)})
     resolved = {key: _plain(values[key]) for key in set_keys}
+    for key in ("bf16", "fp16"):
+        if _asked(recipe, argv, key):
+            resolved[key] = True
     if "env" in recipe:
         resolved = {"env": recipe["env"], **resolved}
     return script_args, training_args, model_args, resolved

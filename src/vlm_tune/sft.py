@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     eval_split = None
     if training_args.eval_strategy != "no":
         eval_split = get_split(splits, script_args.dataset_val_split, script_args.dataset_name, script_args.max_eval_samples)
-    check_machine(training_args, model_args)
+    check_machine(resolved, model_args)
     model = load_model(model_args, training_args.trust_remote_code, script_args.train_vision_tower)
 
     # format

@@ -1,0 +1,1 @@
+"""Dataset builders for vlm-tune (synthetic data with known answers)."""
