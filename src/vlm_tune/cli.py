@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import warnings
@@ -38,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # TRL sets transformers' deprecated `gradient_checkpointing*` names itself; the warning is noise for users.
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
-    # bitsandbytes tries an optional CPU kernel from the hub and warns when offline; its fallback works.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     from vlm_tune.errors import UserError
 
     try:
