@@ -25,6 +25,7 @@ class ParamSnapshot(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.checkpointing = (args.gradient_checkpointing, args.gradient_checkpointing_kwargs)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -33,9 +34,12 @@ class ParamSnapshot(TrainerCallback):
 def test_qlora_sft_trains_lora_only_and_saves_a_loadable_adapter(tiny_model_dir, tiny_chartqa_dir, tmp_path):
     snapshot = ParamSnapshot()
     out = tmp_path / "run"
-    summary = sft.main(sft_argv(tiny_model_dir, tiny_chartqa_dir, out, "--max_steps", "3", "--save_strategy", "no"),
+    # gradient checkpointing on (as in the real recipes): non-reentrant, through 4-bit layers + LoRA
+    summary = sft.main(sft_argv(tiny_model_dir, tiny_chartqa_dir, out, "--max_steps", "3", "--save_strategy", "no",
+                                "--gradient_checkpointing", "true"),
                        callbacks=[snapshot])
 
+    assert snapshot.checkpointing == (True, {"use_reentrant": False})
     # LoRA params changed, every base param (4-bit packed weights, embeddings, norms, vision) did not
     assert snapshot.trainable and all("lora_" in n for n in snapshot.trainable)
     assert not any("vision_model" in n for n in snapshot.trainable)
