@@ -197,9 +197,9 @@ def _values_with_difference(rng: np.random.Generator, n: int, diff: int):
     return values, hi, lo
 
 
-def sample_chart(rng: np.random.Generator) -> ChartSpec:
-    """Draw a question type, a chart kind that supports it, the data and the question."""
-    qtype = str(_pick(rng, QUESTION_TYPES))
+def sample_chart(rng: np.random.Generator, question_types: tuple[str, ...] = QUESTION_TYPES) -> ChartSpec:
+    """Draw a question type (from question_types), a chart kind that supports it, the data and the question."""
+    qtype = str(_pick(rng, question_types))
     kind = str(_pick(rng, KINDS_FOR_TYPE[qtype]))
     if qtype == "count":
         n = int(rng.integers(COUNT_RANGE[0], COUNT_RANGE[1] + 1))
@@ -207,7 +207,10 @@ def sample_chart(rng: np.random.Generator) -> ChartSpec:
         n = int(rng.integers(4, 7))
     else:
         n = int(rng.integers(3, 6))
-    labels = [str(s) for s in rng.choice(CATEGORY_LABELS, size=n, replace=False)]
+    # Categories in reading order (A, B, C, ... left to right / top to bottom / clockwise), as
+    # most real charts do: a label question is then answerable from where the mark is, which a
+    # small model at 64 px can see, while the letters themselves are only ~3 px tall.
+    labels = list(CATEGORY_LABELS[:n])
     colors = [str(c) for c in rng.choice(COLOR_NAMES, size=n, replace=False)]
 
     subjects: list[str] = []
@@ -360,19 +363,19 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def make_chart(rng: np.random.Generator, image_size: int = 160):
+def make_chart(rng: np.random.Generator, image_size: int = 160, question_types: tuple[str, ...] = QUESTION_TYPES):
     """One example: (image, query, answer, question type)."""
-    spec = sample_chart(rng)
+    spec = sample_chart(rng, question_types)
     return render_chart(spec, image_size), spec.query, spec.answer, spec.qtype
 
 
 # --- build ---
 
 
-def _render_row(task: tuple[int, str, int, int]) -> dict:
-    """Pool worker: one dataset row from (seed, split, index, image_size)."""
-    seed, split, index, image_size = task
-    spec = sample_chart(row_rng(seed, split, index))
+def _render_row(task: tuple[int, str, int, int, tuple[str, ...]]) -> dict:
+    """Pool worker: one dataset row from (seed, split, index, image_size, question_types)."""
+    seed, split, index, image_size, question_types = task
+    spec = sample_chart(row_rng(seed, split, index), question_types)
     return {
         "image": {"bytes": encode_png(render_chart(spec, image_size)), "path": None},
         "query": spec.query,
@@ -382,8 +385,8 @@ def _render_row(task: tuple[int, str, int, int]) -> dict:
     }
 
 
-def _build_split(split: str, n_rows: int, seed: int, image_size: int, pool) -> datasets.Dataset:
-    tasks = [(seed, split, i, image_size) for i in range(n_rows)]
+def _build_split(split: str, n_rows: int, seed: int, image_size: int, question_types, pool) -> datasets.Dataset:
+    tasks = [(seed, split, i, image_size, question_types) for i in range(n_rows)]
     rows_iter = pool.imap(_render_row, tasks, chunksize=8) if pool else map(_render_row, tasks)
     rows = list(tqdm(rows_iter, total=n_rows, desc=f"chartqa {split}", unit="img"))
     columns = {name: [row[name] for row in rows] for name in FEATURES}
@@ -391,18 +394,28 @@ def _build_split(split: str, n_rows: int, seed: int, image_size: int, pool) -> d
 
 
 def build_chartqa(
-    n_train: int, n_val: int, n_test: int, seed: int = 0, image_size: int = 160, num_proc: int = 1
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    seed: int = 0,
+    image_size: int = 160,
+    num_proc: int = 1,
+    question_types: tuple[str, ...] | list[str] = QUESTION_TYPES,
 ) -> datasets.DatasetDict:
-    """Render the three splits; identical output for any num_proc."""
+    """Render the three splits (all drawn from the same question mix); identical output for any num_proc."""
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     if min(sizes.values()) < 0 or seed < 0:
         raise ValueError(f"split sizes and seed must be non-negative, got {sizes} seed={seed}")
+    question_types = tuple(question_types)
+    unknown = [t for t in question_types if t not in QUESTION_TYPES]
+    if unknown or not question_types:
+        raise ValueError(f"question types must be a non-empty subset of {', '.join(QUESTION_TYPES)}, got {unknown}")
     # Fork a pool only when it can pay for itself; imap keeps row order, and leaving the
     # with-block terminates the workers (also on Ctrl-C).
     use_pool = num_proc > 1 and sum(sizes.values()) > 1
     with (Pool(num_proc) if use_pool else nullcontext()) as pool:
         splits = {
-            split: _build_split(split, n_rows, seed, image_size, pool)
+            split: _build_split(split, n_rows, seed, image_size, question_types, pool)
             for split, n_rows in sizes.items()
         }
     return datasets.DatasetDict(splits)
@@ -460,6 +473,14 @@ def _image_size(text: str) -> int:
     return value
 
 
+def _question_types(text: str) -> tuple[str, ...]:
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in types if t not in QUESTION_TYPES]
+    if unknown or not types:
+        raise argparse.ArgumentTypeError(f"unknown question type(s) {unknown}; choose from {','.join(QUESTION_TYPES)}")
+    return types
+
+
 def _parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_builders.chartqa",
@@ -475,6 +496,8 @@ def _parse_args(argv) -> argparse.Namespace:
                         help="render processes (default min(2, cpus) = %(default)s)")
     parser.add_argument("--image-size", type=_image_size, default=160,
                         help="square image side in px (default %(default)s)")
+    parser.add_argument("--types", type=_question_types, default=QUESTION_TYPES,
+                        help=f"comma-separated question types (default: all of {','.join(QUESTION_TYPES)})")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     args = parser.parse_args(argv)
     if args.train + args.val + args.test == 0:
@@ -489,7 +512,7 @@ def main(argv=None) -> int:
         print(f"error: {args.output} exists and is not empty; pass --overwrite", file=sys.stderr)
         return 2
     dataset_dict = build_chartqa(
-        args.train, args.val, args.test, args.seed, args.image_size, args.num_proc
+        args.train, args.val, args.test, args.seed, args.image_size, args.num_proc, args.types
     )
     save_chartqa(dataset_dict, args.output, overwrite=args.overwrite)
     sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dataset_dict.items())

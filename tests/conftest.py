@@ -54,3 +54,13 @@ def sft_argv(model_dir, data_dir, output_dir, *extra: str) -> list[str]:
         "--disable_tqdm", "true",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory, tiny_model_dir, tiny_chartqa_dir) -> Path:
+    """A 3-step tiny QLoRA run: an adapter to evaluate and load."""
+    from vlm_tune import sft
+
+    out = tmp_path_factory.mktemp("runs") / "tiny-run"
+    sft.main(sft_argv(tiny_model_dir, tiny_chartqa_dir, out, "--max_steps", "3", "--save_strategy", "no"))
+    return out

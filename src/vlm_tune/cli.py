@@ -10,6 +10,8 @@ USAGE = """usage: vlm-tune COMMAND [options]
 
 commands:
   sft --config RECIPE.yaml [--field value ...]   supervised fine-tuning (QLoRA) with TRL's SFTTrainer
+  eval --config RECIPE.yaml [--adapter DIR] [--split test] [--limit N] [--output_dir DIR]
+                                                 ChartQA relaxed accuracy of base or tuned model
   make-tiny-model --output DIR [--seed N]        build the tiny SmolVLM-architecture model (offline)
 
 Run `vlm-tune COMMAND --help` for a command's options."""
@@ -20,6 +22,11 @@ def _run(command: str, argv: list[str]) -> int:
         from vlm_tune import sft
 
         sft.main(argv)
+        return 0
+    if command == "eval":
+        from vlm_tune import evaluation
+
+        evaluation.main(argv)
         return 0
     if command == "make-tiny-model":
         from vlm_tune import tiny_model

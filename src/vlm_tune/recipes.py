@@ -49,6 +49,10 @@ class VlmScriptArguments(ScriptArguments):
     do_image_splitting: bool | None = field(
         default=None, metadata={"help": "Split images into encoder-sized tiles (+1 global). None: processor default."}
     )
+    eval_after_train: bool = field(
+        default=False,
+        metadata={"help": "After training, score base model, text-only prior and tuned model on dataset_test_split."},
+    )
     build_tiny_model: bool = field(
         default=False, metadata={"help": "Build the tiny SmolVLM-architecture model at model_name_or_path if missing."}
     )

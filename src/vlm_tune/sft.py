@@ -48,6 +48,28 @@ def ensure_assets(script_args, model_args) -> None:
         save_chartqa(splits, script_args.dataset_name)
 
 
+# --- held-out evaluation ---------------------------------------------------------------------
+def evaluate_after_training(trainer, processor, splits, script_args, out: Path) -> dict:
+    """Base (adapters off), text-only prior and tuned model on the test split, one table."""
+    from vlm_tune.evaluation import evaluate_prior, evaluate_split, format_table, text_only_prior, write_results
+
+    test = get_split(splits, script_args.dataset_test_split, script_args.dataset_name, script_args.max_eval_samples)
+    train = get_split(splits, script_args.dataset_train_split, script_args.dataset_name, script_args.max_train_samples)
+    model = trainer.model
+    results = {}
+    with model.disable_adapter():
+        records, results["base"] = evaluate_split(model, processor, test, script_args.system_prompt, desc="Eval base")
+    write_results(out / "eval" / "base", records, results["base"])
+    records, results["text-only prior"] = evaluate_prior(text_only_prior(train), test)
+    write_results(out / "eval" / "prior", records, results["text-only prior"])
+    records, results["tuned"] = evaluate_split(model, processor, test, script_args.system_prompt, desc="Eval tuned")
+    write_results(out / "eval" / "tuned", records, results["tuned"])
+    table = format_table(results)
+    (out / "eval" / "table.md").write_text(table + "\n", encoding="utf-8")
+    print("\nHeld-out " + script_args.dataset_test_split + " split\n" + table)
+    return {name: metrics["relaxed_accuracy"] for name, metrics in results.items()}
+
+
 # --- summary ---------------------------------------------------------------------------------
 def peak_memory_mb() -> dict[str, float]:
     peak = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
@@ -129,8 +151,12 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     }
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
-        command = "vlm-tune sft " + shlex.join(argv)
-        write_resolved_recipe(resolved, out / "recipe.yaml", command)
+        write_resolved_recipe(resolved, out / "recipe.yaml", "vlm-tune sft " + shlex.join(argv))
+        if script_args.eval_after_train:
+            started = time.perf_counter()
+            scores = evaluate_after_training(trainer, processor, splits, script_args, out)
+            summary.update({f"eval_{name.replace(' ', '_').replace('-', '_')}": v for name, v in scores.items()})
+            summary["eval_seconds"] = time.perf_counter() - started
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print_summary(summary)
     return summary

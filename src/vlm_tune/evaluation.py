@@ -1,0 +1,145 @@
+"""`vlm-tune eval`: greedy answers on a held-out split, scored with ChartQA relaxed accuracy.
+
+    vlm-tune eval --config RECIPE.yaml [--adapter DIR] [--split test] [--limit N] [--output_dir DIR]
+
+Writes `predictions.jsonl` (question, type, labels, prediction, correct) and `metrics.json`
+(overall + per question type + n). With no adapter it scores the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import datasets
+import evaluate
+from trl import SFTConfig
+
+from vlm_tune.data import answer_of, get_split, load_splits
+from vlm_tune.errors import UserError
+from vlm_tune.generation import generate_answers
+from vlm_tune.metrics import RELAXED_ACCURACY
+from vlm_tune.metrics.relaxed_accuracy.relaxed_accuracy import best_correctness
+from vlm_tune.modeling import load_model, load_processor
+from vlm_tune.recipes import parse_recipe
+
+
+# --- score -----------------------------------------------------------------------------------
+def question_types(split: datasets.Dataset) -> list[str]:
+    """ChartQA's own rows carry no type; ours do (`type`). Untyped rows count as 'all'."""
+    return list(split["type"]) if "type" in split.column_names else ["all"] * len(split)
+
+
+def score(predictions: list[str], labels: list[list[str]], types: list[str]) -> tuple[list[float], dict]:
+    """Per-row correctness and {'relaxed_accuracy', 'n', 'per_type': {type: {...}}} via the evaluate module."""
+    metric = evaluate.load(RELAXED_ACCURACY)
+    correct = [best_correctness(label, prediction) for prediction, label in zip(predictions, labels)]
+    by_type: dict[str, list[int]] = defaultdict(list)
+    for i, qtype in enumerate(types):
+        by_type[qtype].append(i)
+    per_type = {
+        qtype: {
+            "relaxed_accuracy": metric.compute(
+                predictions=[predictions[i] for i in rows], references=[labels[i] for i in rows]
+            )["relaxed_accuracy"],
+            "n": len(rows),
+        }
+        for qtype, rows in sorted(by_type.items())
+    }
+    overall = metric.compute(predictions=predictions, references=labels)["relaxed_accuracy"]
+    return correct, {"relaxed_accuracy": overall, "n": len(predictions), "per_type": per_type}
+
+
+def text_only_prior(train_split: datasets.Dataset) -> dict[str, str]:
+    """Each question type's most common training answer: what is learnable without the image."""
+    answers: dict[str, Counter] = defaultdict(Counter)
+    for qtype, label in zip(question_types(train_split), train_split["label"]):
+        answers[qtype][answer_of(label)] += 1
+    return {qtype: counts.most_common(1)[0][0] for qtype, counts in answers.items()}
+
+
+# --- run -------------------------------------------------------------------------------------
+def evaluate_split(model, processor, split: datasets.Dataset, system_prompt=None, batch_size=16,
+                   max_new_tokens=16, desc="Evaluating") -> tuple[list[dict], dict]:
+    labels = [[label] if isinstance(label, str) else list(label) for label in split["label"]]
+    predictions = generate_answers(model, processor, list(split["image"]), list(split["query"]), system_prompt,
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens, desc=desc)
+    return _records(split, labels, predictions)
+
+
+def evaluate_prior(prior: dict[str, str], split: datasets.Dataset) -> tuple[list[dict], dict]:
+    labels = [[label] if isinstance(label, str) else list(label) for label in split["label"]]
+    predictions = [prior.get(qtype, "") for qtype in question_types(split)]
+    return _records(split, labels, predictions)
+
+
+def _records(split, labels, predictions) -> tuple[list[dict], dict]:
+    types = question_types(split)
+    correct, metrics = score(predictions, labels, types)
+    records = [
+        {"question": q, "type": t, "labels": l, "prediction": p, "correct": c}
+        for q, t, l, p, c in zip(split["query"], types, labels, predictions, correct)
+    ]
+    return records, metrics
+
+
+def write_results(output_dir: str | Path, records: list[dict], metrics: dict) -> None:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Markdown table: one row per model, columns overall + each question type (relaxed accuracy, %)."""
+    types = sorted({t for metrics in results.values() for t in metrics["per_type"]})
+    header = ["model", "overall"] + types
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, metrics in results.items():
+        cells = [name, f"{100 * metrics['relaxed_accuracy']:.1f}"]
+        cells += [f"{100 * metrics['per_type'][t]['relaxed_accuracy']:.1f}" if t in metrics["per_type"] else "–"
+                  for t in types]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = next(iter(results.values()))["n"]
+    return "\n".join(lines) + f"\n\nRelaxed accuracy (%) on {n} held-out questions."
+
+
+# --- command ---------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="vlm-tune eval", add_help=False)
+    parser.add_argument("--adapter", help="LoRA adapter folder (a run's output_dir); none: the base model")
+    parser.add_argument("--split", help="split to score (default: the recipe's dataset_test_split)")
+    parser.add_argument("--limit", type=int, help="score only the first N rows")
+    parser.add_argument("--output_dir", help="where to write (default: ADAPTER/eval-SPLIT or runs/eval-base-SPLIT)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=16)
+    args, recipe_argv = parser.parse_known_args(argv)
+    script_args, training_args, model_args, _ = parse_recipe(recipe_argv, SFTConfig)
+
+    split_name = args.split or script_args.dataset_test_split
+    splits = load_splits(script_args.dataset_name, script_args.dataset_config)
+    split = get_split(splits, split_name, script_args.dataset_name, args.limit)
+    processor = load_processor(model_args, training_args.trust_remote_code, script_args.image_longest_edge,
+                               script_args.do_image_splitting)
+    model = load_model(model_args, training_args.trust_remote_code)
+    if args.adapter:
+        from peft import PeftModel
+
+        if not (Path(args.adapter) / "adapter_config.json").is_file():
+            raise UserError(f"no LoRA adapter in {args.adapter} (adapter_config.json missing)")
+        model = PeftModel.from_pretrained(model, args.adapter)
+    output_dir = Path(args.output_dir or (Path(args.adapter) / f"eval-{split_name}" if args.adapter
+                                          else Path("runs") / f"eval-base-{split_name}"))
+    records, metrics = evaluate_split(model, processor, split, script_args.system_prompt, args.batch_size,
+                                      args.max_new_tokens)
+    metrics = {"model": model_args.model_name_or_path, "adapter": args.adapter, "split": split_name, **metrics}
+    write_results(output_dir, records, metrics)
+    print(format_table({"tuned" if args.adapter else "base": metrics}))
+    print(f"wrote {output_dir / 'predictions.jsonl'} and {output_dir / 'metrics.json'}")
+    return metrics

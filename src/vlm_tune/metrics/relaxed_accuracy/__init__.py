@@ -1,0 +1,1 @@
+"""The ChartQA relaxed-accuracy `evaluate` module (see relaxed_accuracy.py)."""
