@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import shutil
 import sys
@@ -62,7 +63,7 @@ COUNT_RANGE = (2, 6)  # inclusive; count answers are uniform over it
 DIFFERENCES = (10, 20, 30, 40, 50)  # difference answers are uniform over these
 
 CHART_KINDS = ("vbar", "hbar", "line", "pie")
-QUESTION_TYPES = ("max_label", "min_label", "color", "count", "trend", "value", "difference")
+QUESTION_TYPES = ("max_label", "min_label", "color", "count", "trend", "value", "difference", "line_color")
 # A type is only asked where the chart shows what it needs (trend needs an ordered line, colour
 # needs one colour per category, printed values are on bars and line points but not pie slices).
 KINDS_FOR_TYPE = {
@@ -73,6 +74,7 @@ KINDS_FOR_TYPE = {
     "trend": ("line",),
     "value": ("vbar", "hbar", "line"),
     "difference": ("vbar", "hbar"),
+    "line_color": ("line",),
 }
 MARK_NOUN = {"vbar": "bar", "hbar": "bar", "line": "point", "pie": "slice"}
 # How a colour question points at one mark: by its label (needs reading the letter) or by
@@ -115,6 +117,11 @@ QUERY_TEMPLATES = {
         "What is the value of {a}?",
         "What value does {a} have?",
         "What is the value shown for {a}?",
+    ),
+    "line_color": (
+        "What colour is the line?",
+        "What is the color of the line?",
+        "Which colour is the line drawn in?",
     ),
     "difference": (
         "What is the difference between {a} and {b}?",
@@ -247,6 +254,9 @@ def sample_chart(rng: np.random.Generator, question_types: tuple[str, ...] = QUE
         asked = int(rng.integers(n))
         subjects = [labels[asked]]
         answer = str(values[asked])
+    elif qtype == "line_color":  # the easiest pixel question: the one coloured mark on white
+        values = _random_values(rng, n)
+        answer = colors[0]
     elif qtype == "difference":
         diff = int(_pick(rng, DIFFERENCES))
         values, hi, lo = _values_with_difference(rng, n, diff)
@@ -414,9 +424,11 @@ def build_chartqa(
     # with-block terminates the workers (also on Ctrl-C).
     use_pool = num_proc > 1 and sum(sizes.values()) > 1
     with (Pool(num_proc) if use_pool else nullcontext()) as pool:
+        # A 0-row split is left out: datasets saves it but cannot load it back.
         splits = {
             split: _build_split(split, n_rows, seed, image_size, question_types, pool)
             for split, n_rows in sizes.items()
+            if n_rows > 0
         }
     return datasets.DatasetDict(splits)
 
@@ -428,7 +440,25 @@ def _is_nonempty(path: Path) -> bool:
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
 
 
-def save_chartqa(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool = False) -> Path:
+BUILD_INFO = "synthetic_build.json"  # the settings a saved dataset was built with
+
+
+def build_info(n_train, n_val, n_test, seed, image_size, question_types=QUESTION_TYPES) -> dict:
+    return {
+        "builder": "data_builders.chartqa",
+        "sizes": [n_train, n_val, n_test],
+        "seed": seed,
+        "image_size": image_size,
+        "question_types": list(question_types),
+    }
+
+
+def read_build_info(path) -> dict | None:
+    info = Path(path) / BUILD_INFO
+    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else None
+
+
+def save_chartqa(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool = False, info: dict | None = None) -> Path:
     """save_to_disk into a staging dir beside output_dir, then rename it into place.
 
     An interrupted run leaves output_dir as it was; an existing non-empty output_dir is only
@@ -441,6 +471,8 @@ def save_chartqa(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         dataset_dict.save_to_disk(str(staging / "dataset"))
+        if info is not None:
+            (staging / "dataset" / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if output.exists() or output.is_symlink():
             os.replace(output, staging / "old")  # removed with the staging dir below
         os.replace(staging / "dataset", output)
@@ -514,7 +546,8 @@ def main(argv=None) -> int:
     dataset_dict = build_chartqa(
         args.train, args.val, args.test, args.seed, args.image_size, args.num_proc, args.types
     )
-    save_chartqa(dataset_dict, args.output, overwrite=args.overwrite)
+    info = build_info(args.train, args.val, args.test, args.seed, args.image_size, args.types)
+    save_chartqa(dataset_dict, args.output, overwrite=args.overwrite, info=info)
     sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dataset_dict.items())
     print(f"wrote {args.output} ({sizes})")
     return 0

@@ -131,6 +131,9 @@ def _expected_answer(spec):
     if spec.qtype == "difference":
         a, b = (values[position[s]] for s in spec.subjects)
         return str(a - b)
+    if spec.qtype == "line_color":
+        assert spec.kind == "line"
+        return spec.colors[0]
     raise AssertionError(spec.qtype)
 
 

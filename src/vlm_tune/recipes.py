@@ -64,6 +64,9 @@ class VlmScriptArguments(ScriptArguments):
         default_factory=lambda: [600, 100, 200], metadata={"help": "train val test sizes of the synthetic dataset."}
     )
     synthetic_seed: int = field(default=0, metadata={"help": "Seed of the synthetic dataset."})
+    synthetic_types: list[str] | None = field(
+        default=None, metadata={"help": "Question types of the synthetic dataset (None: all the builder has)."}
+    )
     synthetic_image_size: int = field(default=160, metadata={"help": "Side in px of the synthetic chart images."})
 
 

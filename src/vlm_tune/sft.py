@@ -17,6 +17,7 @@ import torch
 from trl import SFTConfig, SFTTrainer
 
 from vlm_tune.data import format_chartqa, get_split, load_splits
+from vlm_tune.errors import UserError
 from vlm_tune.modeling import (
     build_lora_config,
     check_machine,
@@ -36,16 +37,27 @@ def ensure_assets(script_args, model_args) -> None:
 
         print(f"Building the tiny SmolVLM-architecture model at {model_args.model_name_or_path} (first use)")
         make_tiny_model(model_args.model_name_or_path, seed=script_args.tiny_model_seed)
-    if script_args.synthetic_dataset and not os.path.exists(script_args.dataset_name):
-        from data_builders.chartqa import build_chartqa, save_chartqa
+    if script_args.synthetic_dataset:
+        from data_builders.chartqa import QUESTION_TYPES, build_chartqa, build_info, read_build_info, save_chartqa
 
         n_train, n_val, n_test = script_args.synthetic_sizes
+        wanted = build_info(n_train, n_val, n_test, script_args.synthetic_seed, script_args.synthetic_image_size,
+                            script_args.synthetic_types or QUESTION_TYPES)
+        if os.path.exists(script_args.dataset_name):
+            found = read_build_info(script_args.dataset_name)
+            if found != wanted:  # never train on stale data, never delete a folder we may not own
+                seen = f"built with {json.dumps(found)}" if found else "it has no synthetic_build.json"
+                raise UserError(
+                    f"{script_args.dataset_name} exists but was not built with this recipe's synthetic_* settings "
+                    f"({seen}); delete it to rebuild, or point dataset_name elsewhere"
+                )
+            return
         print(f"Building synthetic ChartQA ({n_train}/{n_val}/{n_test}) at {script_args.dataset_name} (first use)")
         splits = build_chartqa(
-            n_train, n_val, n_test, seed=script_args.synthetic_seed,
-            image_size=script_args.synthetic_image_size, num_proc=min(2, os.cpu_count() or 1),
+            n_train, n_val, n_test, seed=script_args.synthetic_seed, image_size=script_args.synthetic_image_size,
+            num_proc=min(2, os.cpu_count() or 1), question_types=wanted["question_types"],
         )
-        save_chartqa(splits, script_args.dataset_name)
+        save_chartqa(splits, script_args.dataset_name, info=wanted)
 
 
 # --- held-out evaluation ---------------------------------------------------------------------
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         if script_args.eval_after_train:
             started = time.perf_counter()
             scores = evaluate_after_training(trainer, processor, splits, script_args, out)
-            summary.update({f"eval_{name.replace(' ', '_').replace('-', '_')}": v for name, v in scores.items()})
+            summary.update({f"eval_{name.replace(' ', '_').replace('-', '_')}_pct": 100 * v for name, v in scores.items()})
             summary["eval_seconds"] = time.perf_counter() - started
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print_summary(summary)
