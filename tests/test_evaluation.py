@@ -29,6 +29,15 @@ def test_text_only_prior_is_each_types_most_common_answer():
     assert metrics["per_type"]["color"] == {"relaxed_accuracy": 0.5, "n": 2}
 
 
+def test_chartqa_rows_are_grouped_human_vs_machine():
+    features = datasets.Features({"query": datasets.Value("string"), "label": datasets.List(datasets.Value("string")),
+                                  "human_or_machine": datasets.ClassLabel(names=["human", "machine"])})
+    split = datasets.Dataset.from_dict({"query": ["a", "b"], "label": [["1"], ["2"]], "human_or_machine": [0, 1]},
+                                       features=features)
+    _, metrics = evaluate_prior({"human": "1", "machine": "3"}, split)
+    assert metrics["per_type"] == {"human": {"relaxed_accuracy": 1.0, "n": 1}, "machine": {"relaxed_accuracy": 0.0, "n": 1}}
+
+
 def test_score_uses_relaxed_accuracy_per_type():
     correct, metrics = score(["41", "A", "10"], [["40"], ["B"], ["12"]], ["value", "max_label", "value"])
     assert correct == [1.0, 0.0, 0.0]

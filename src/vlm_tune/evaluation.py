@@ -29,8 +29,15 @@ from vlm_tune.recipes import parse_recipe
 
 # --- score -----------------------------------------------------------------------------------
 def question_types(split: datasets.Dataset) -> list[str]:
-    """ChartQA's own rows carry no type; ours do (`type`). Untyped rows count as 'all'."""
-    return list(split["type"]) if "type" in split.column_names else ["all"] * len(split)
+    """Our rows carry `type`; ChartQA's carry human_or_machine (its human / augmented halves, reported
+    apart in papers); anything else counts as 'all'."""
+    if "type" in split.column_names:
+        return list(split["type"])
+    if "human_or_machine" in split.column_names:
+        feature = split.features["human_or_machine"]
+        values = split["human_or_machine"]
+        return [feature.int2str(v) if isinstance(feature, datasets.ClassLabel) else str(v) for v in values]
+    return ["all"] * len(split)
 
 
 def score(predictions: list[str], labels: list[list[str]], types: list[str]) -> tuple[list[float], dict]:
