@@ -63,3 +63,23 @@ def test_4bit_without_bitsandbytes(monkeypatch):
 
     with pytest.raises(UserError, match="load_in_4bit: true needs bitsandbytes"):
         check_machine({}, ModelConfig(load_in_4bit=True))
+
+
+def test_eval_before_training_keeps_4bit_gradients_right(tiny_model_dir):
+    """An eval/generate pass must not switch NF4 layers to bitsandbytes' inference-only CPU layout."""
+    from vlm_tune.modeling import load_model
+
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), load_in_4bit=True, use_bnb_nested_quant=True,
+                             use_peft=True, lora_r=4)
+    model = get_peft_model(load_model(model_args), build_lora_config(model_args, "lm"))
+    ids = torch.randint(0, 500, (1, 12))
+    model.eval()
+    with torch.no_grad():
+        model(input_ids=ids)
+    model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    states = [m.weight.quant_state for m in model.modules() if type(m).__name__ == "Linear4bit"]
+    assert states and not any(getattr(s, "packing_format_for_cpu", False) for s in states)
+    # layer 0 only gets a gradient through the frozen 4-bit layers above it
+    first = dict(model.named_parameters())["base_model.model.model.text_model.layers.0.self_attn.q_proj.lora_B.default.weight"]
+    assert first.grad is not None and first.grad.abs().sum() > 0

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-from trl import SFTConfig
+from trl import DPOConfig, SFTConfig
 
 from vlm_tune.errors import UserError
-from vlm_tune.recipes import parse_recipe, write_resolved_recipe
+from vlm_tune.dpo import DpoScriptArguments
+from vlm_tune.recipes import VlmScriptArguments, parse_recipe, write_resolved_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+# A recipe's header names its command; the command decides the dataclasses it is parsed into.
+PARSERS = {"sft": (SFTConfig, VlmScriptArguments), "dpo": (DPOConfig, DpoScriptArguments)}
 
 
 def test_recipes_exist():
@@ -28,10 +32,13 @@ def test_recipes_exist():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(REPO / "recipes").as_posix())
 def test_every_recipe_parses(recipe, tmp_path):
     text = recipe.read_text()
-    assert "# Launch:" in text, "each recipe's header holds its launch command"
+    launch = re.search(r"^# Launch:\s+vlm-tune (\w+) --config (\S+)", text, re.M)
+    assert launch, "each recipe's header holds its launch command"
+    assert launch.group(2) == recipe.relative_to(REPO).as_posix()
+    training_config, script_arguments = PARSERS[launch.group(1)]
     # GPU recipes ask for bf16; parsing must not depend on this machine having a GPU.
     script_args, training_args, model_args, resolved = parse_recipe(
-        ["--config", str(recipe), "--bf16", "false", "--output_dir", str(tmp_path)], SFTConfig
+        ["--config", str(recipe), "--bf16", "false", "--output_dir", str(tmp_path)], training_config, script_arguments
     )
     assert model_args.model_name_or_path and script_args.dataset_name
     assert training_args.max_length is None, "image tokens must never be truncated"
@@ -41,7 +48,7 @@ def test_every_recipe_parses(recipe, tmp_path):
 
 def test_real_recipes_use_4bit_nf4_double_quant_and_lm_scope():
     for recipe in RECIPES:
-        if recipe.parent.name.startswith("smolvlm"):
+        if recipe.parent.name.startswith("smolvlm") and recipe.name.startswith("sft"):
             config = yaml.safe_load(recipe.read_text())
             assert config["load_in_4bit"] and config["bnb_4bit_quant_type"] == "nf4"
             assert config["use_bnb_nested_quant"] and config["dtype"] == "bfloat16"

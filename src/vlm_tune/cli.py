@@ -10,6 +10,7 @@ USAGE = """usage: vlm-tune COMMAND [options]
 
 commands:
   sft --config RECIPE.yaml [--field value ...]   supervised fine-tuning (QLoRA) with TRL's SFTTrainer
+  dpo --config RECIPE.yaml [--field value ...]   DPO on team preference pairs with TRL's DPOTrainer
   eval --config RECIPE.yaml [--adapter DIR] [--split test] [--limit N] [--output_dir DIR]
                                                  ChartQA relaxed accuracy of base or tuned model
   make-tiny-model --output DIR [--seed N]        build the tiny SmolVLM-architecture model (offline)
@@ -22,6 +23,11 @@ def _run(command: str, argv: list[str]) -> int:
         from vlm_tune import sft
 
         sft.main(argv)
+        return 0
+    if command == "dpo":
+        from vlm_tune import dpo
+
+        dpo.main(argv)
         return 0
     if command == "eval":
         from vlm_tune import evaluation

@@ -128,11 +128,23 @@ def load_model(model_args: ModelConfig, trust_remote_code: bool = False, train_v
         )
     except OSError as exc:
         raise _hub_error(model_args.model_name_or_path, exc) from None
+    if device_map is None:
+        keep_4bit_trainable_on_cpu(model)
     if not model_args.use_peft and not train_vision_tower:
         # Full fine-tuning: the frozen vision encoder is the usual choice (and most of the compute).
         for param in model.model.vision_model.parameters():
             param.requires_grad_(False)
     return model
+
+
+def keep_4bit_trainable_on_cpu(model) -> None:
+    """bitsandbytes repacks an NF4 layer into an inference-only CPU layout the first time it runs in
+    eval mode; backprop then goes through a kernel with no autograd (silently wrong gradients). Any
+    eval or generation before or between training steps (DPO's 'before' score, eval_steps) would
+    trigger it, so the repacking is switched off."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def keep_adapters_fp32(model) -> None:

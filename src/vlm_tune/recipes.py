@@ -115,9 +115,11 @@ def _cli_keys(argv: list[str]) -> list[str]:
     return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--") and arg != "--config"]
 
 
-def parse_recipe(argv: list[str], training_config_cls) -> tuple[VlmScriptArguments, Any, ModelConfig, dict]:
+def parse_recipe(
+    argv: list[str], training_config_cls, script_args_cls=VlmScriptArguments
+) -> tuple[VlmScriptArguments, Any, ModelConfig, dict]:
     """Parse `--config RECIPE.yaml [--key value ...]`; return the three dataclasses and the resolved recipe."""
-    dataclass_types = (VlmScriptArguments, training_config_cls, ModelConfig)
+    dataclass_types = (script_args_cls, training_config_cls, ModelConfig)
     known = _known_keys(dataclass_types)
     argv = list(argv)
     if "--config" not in argv or argv.index("--config") == len(argv) - 1:

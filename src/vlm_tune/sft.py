@@ -90,9 +90,9 @@ def peak_memory_mb() -> dict[str, float]:
     return peak
 
 
-def print_summary(summary: dict) -> None:
+def print_summary(summary: dict, title: str = "vlm-tune sft — run summary") -> None:
     width = max(len(k) for k in summary)
-    print("\n" + "=" * 60 + "\nvlm-tune sft — run summary")
+    print("\n" + "=" * 60 + "\n" + title)
     for key, value in summary.items():
         shown = f"{value:,.1f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else value)
         print(f"  {key.ljust(width)}  {shown}")
