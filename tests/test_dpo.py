@@ -98,3 +98,16 @@ def test_missing_sft_adapter_is_one_clear_error(tiny_model_dir, pairs_dir, tmp_p
 
     with pytest.raises(UserError, match="sft_adapter: no LoRA adapter in"):
         dpo.main(dpo_argv(tiny_model_dir, pairs_dir, tmp_path / "x", "--sft_adapter", str(tmp_path)))
+
+
+def test_recipe_path_from_sample_ratings_to_dpo(tiny_model_dir, tmp_path):
+    """What `make dpo` does on first use: sample ratings → pairs (with report) → DPO."""
+    ratings = tmp_path / "ratings" / "ratings.csv"
+    pairs = tmp_path / "pairs"
+    summary = dpo.main(dpo_argv(tiny_model_dir, pairs, tmp_path / "out", "--ratings_file", str(ratings),
+                                "--sample_ratings", "true", "--sample_charts", "16", "--max_steps", "2"))
+    assert ratings.is_file() and (pairs / "dataset_dict.json").is_file()
+    report = json.loads((pairs / "report.json").read_text())
+    assert summary["train_pairs"] == report["pairs"]["train"] > 0
+    assert report["rows_read"] == report["rows_used"] + sum(report["dropped"].values())
+    assert summary["steps"] == 2

@@ -51,6 +51,7 @@ class DpoScriptArguments(VlmScriptArguments):
     sample_ratings: bool = field(
         default=False, metadata={"help": "Generate the sample ratings set at ratings_file if it is missing."}
     )
+    sample_charts: int = field(default=120, metadata={"help": "Charts in the generated sample ratings set."})
     pairs: str = field(default="best-worst", metadata={"help": "Pair strategy: best-worst | all | adjacent."})
     min_raters: int = field(default=2, metadata={"help": "Drop items rated by fewer raters."})
     rating_margin: float = field(default=0.0, metadata={"help": "Minimum aggregated-score gap of a pair."})
@@ -68,7 +69,7 @@ def ensure_pairs(args: DpoScriptArguments) -> None:
         from data_builders.sample_ratings import make_sample_ratings
 
         print(f"Generating the sample team ratings at {args.ratings_file} (first use)")
-        made = make_sample_ratings(Path(args.ratings_file).parent, seed=args.synthetic_seed)
+        made = make_sample_ratings(Path(args.ratings_file).parent, seed=args.synthetic_seed, n_charts=args.sample_charts)
         if Path(made) != Path(args.ratings_file):
             raise UserError(f"sample ratings were written to {made}, but ratings_file is {args.ratings_file}")
     print(f"Building preference pairs from {args.ratings_file} into {args.dataset_name}")
