@@ -42,6 +42,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm.auto import tqdm
 
+from data_builders._common import is_nonempty, non_negative_int, positive_int
+
 # --- vocabularies ---
 
 # Single letters can be drawn big enough to survive the model's downscale (a 64 px tile turns
@@ -436,10 +438,6 @@ def build_chartqa(
 # --- save ---
 
 
-def _is_nonempty(path: Path) -> bool:
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
 BUILD_INFO = "synthetic_build.json"  # the settings a saved dataset was built with
 
 
@@ -465,7 +463,7 @@ def save_chartqa(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool
     replaced with overwrite=True (FileExistsError otherwise).
     """
     output = Path(output_dir)
-    if _is_nonempty(output) and not overwrite:
+    if is_nonempty(output) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -482,20 +480,6 @@ def save_chartqa(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool
 
 
 # --- command line ---
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def _image_size(text: str) -> int:
@@ -520,11 +504,11 @@ def _parse_args(argv) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, type=Path, help="directory to write")
     for split, default in (("train", 600), ("val", 100), ("test", 200)):
-        parser.add_argument(f"--{split}", type=_non_negative_int, default=default,
+        parser.add_argument(f"--{split}", type=non_negative_int, default=default,
                             help=f"{split} rows (default %(default)s)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed (default %(default)s)")
-    parser.add_argument("--num-proc", type=_positive_int, default=min(2, os.cpu_count() or 1),
+    parser.add_argument("--num-proc", type=positive_int, default=min(2, os.cpu_count() or 1),
                         help="render processes (default min(2, cpus) = %(default)s)")
     parser.add_argument("--image-size", type=_image_size, default=160,
                         help="square image side in px (default %(default)s)")
@@ -540,7 +524,7 @@ def _parse_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = _parse_args(argv)
     # Check before rendering so a refused run costs nothing.
-    if _is_nonempty(args.output) and not args.overwrite:
+    if is_nonempty(args.output) and not args.overwrite:
         print(f"error: {args.output} exists and is not empty; pass --overwrite", file=sys.stderr)
         return 2
     dataset_dict = build_chartqa(

@@ -74,6 +74,8 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from pyarrow import csv as pa_csv
 
+from data_builders._common import is_nonempty, non_negative_int, positive_int
+
 # --- constants ---
 
 
@@ -1237,10 +1239,6 @@ def _margin_histogram(margins: np.ndarray, units: str, target: Path) -> None:
     fig.savefig(target)
 
 
-def _is_nonempty(path: Path) -> bool:
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
 def save_pairs(dataset_dict: datasets.DatasetDict, report: dict, output_dir, overwrite: bool = False) -> Path:
     """Dataset + report.json + report.md + margin_hist.png, built in a staging dir then renamed.
 
@@ -1248,7 +1246,7 @@ def save_pairs(dataset_dict: datasets.DatasetDict, report: dict, output_dir, ove
     replaced with overwrite=True (FileExistsError otherwise).
     """
     output = Path(output_dir)
-    if _is_nonempty(output) and not overwrite:
+    if is_nonempty(output) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -1277,20 +1275,6 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _ratio(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -1315,7 +1299,7 @@ def _parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--scale", default="1-5", help="rating scale LO-HI, or 'infer' (default %(default)s)")
     parser.add_argument("--no-zscore", dest="zscore", action="store_false",
                         help="average raw scores instead of per-rater z-scores")
-    parser.add_argument("--min-raters", type=_positive_int, default=2,
+    parser.add_argument("--min-raters", type=positive_int, default=2,
                         help="drop items rated by fewer raters (default %(default)s)")
     parser.add_argument("--margin", type=_non_negative_float, default=0.0,
                         help="minimum chosen - rejected mean score; smaller is a tie (default %(default)s)")
@@ -1328,7 +1312,7 @@ def _parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true", help="any bad row or unknown column is an error")
     parser.add_argument("--test-size", type=_fraction, default=0.1,
                         help="fraction of groups in test (default %(default)s)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0, help="split/order seed (default %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="split/order seed (default %(default)s)")
     parser.add_argument("--both-orders", action="store_true", help="image mode: emit every pair in both orders")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     return parser.parse_args(argv)
@@ -1337,7 +1321,7 @@ def _parse_args(argv) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = _parse_args(argv)
     # Check before reading so a refused run costs nothing.
-    if _is_nonempty(args.output) and not args.overwrite:
+    if is_nonempty(args.output) and not args.overwrite:
         print(f"error: {args.output} exists and is not empty; pass --overwrite", file=sys.stderr)
         return 2
     try:

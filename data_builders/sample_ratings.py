@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_builders._common import is_nonempty, positive_int
 from data_builders.chartqa import COLOR_NAMES, COUNT_RANGE, MARK_NOUN, encode_png, render_chart, sample_chart
 
 # --- team ---
@@ -142,17 +143,13 @@ def rate(rng: np.random.Generator, responses, raters) -> np.ndarray:
 # --- build ---
 
 
-def _is_nonempty(path: Path) -> bool:
-    return path.exists() and (not path.is_dir() or any(path.iterdir()))
-
-
 def make_sample_ratings(output_dir, seed: int = 0, n_charts: int = 120, n_raters: int = 5,
                         overwrite: bool = False, image_size: int = 160) -> Path:
     """Write DIR/images/*.png and DIR/ratings.csv (via a staging dir); returns the CSV's path."""
     if n_charts < 1 or n_raters < 2 or seed < 0:
         raise ValueError(f"need n_charts >= 1, n_raters >= 2 and seed >= 0, got {n_charts}, {n_raters}, {seed}")
     output = Path(output_dir)
-    if _is_nonempty(output) and not overwrite:
+    if is_nonempty(output) and not overwrite:
         raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
     raters = team(n_raters, seed)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -184,13 +181,6 @@ def make_sample_ratings(output_dir, seed: int = 0, n_charts: int = 120, n_raters
 # --- command line ---
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def _parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m data_builders.sample_ratings",
@@ -198,9 +188,9 @@ def _parse_args(argv) -> argparse.Namespace:
     )
     parser.add_argument("--output", required=True, type=Path, help="directory to write")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument("--charts", type=_positive_int, default=120, help="charts (default %(default)s)")
-    parser.add_argument("--raters", type=_positive_int, default=5, help="raters, at least 2 (default %(default)s)")
-    parser.add_argument("--image-size", type=_positive_int, default=160,
+    parser.add_argument("--charts", type=positive_int, default=120, help="charts (default %(default)s)")
+    parser.add_argument("--raters", type=positive_int, default=5, help="raters, at least 2 (default %(default)s)")
+    parser.add_argument("--image-size", type=positive_int, default=160,
                         help="square image side in px (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     args = parser.parse_args(argv)
@@ -213,7 +203,7 @@ def _parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    if _is_nonempty(args.output) and not args.overwrite:
+    if is_nonempty(args.output) and not args.overwrite:
         print(f"error: {args.output} exists and is not empty; pass --overwrite", file=sys.stderr)
         return 2
     path = make_sample_ratings(args.output, args.seed, args.charts, args.raters, args.overwrite, args.image_size)

@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,13 +25,12 @@ from vlm_tune.errors import UserError
 from vlm_tune.modeling import (
     build_lora_config,
     check_machine,
-    count_parameters,
     keep_adapters_fp32,
     load_model,
     load_processor,
 )
 from vlm_tune.recipes import VlmScriptArguments, parse_recipe, write_resolved_recipe
-from vlm_tune.sft import ensure_assets, peak_memory_mb, print_summary
+from vlm_tune.sft import ensure_assets, print_summary, train_and_save
 
 PREFERENCE_COLUMNS = ("images", "prompt", "chosen", "rejected")
 
@@ -186,36 +184,22 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     if script_args.sft_adapter:
         restore_adapter(trainer.model, sft_weights)
     before = preference_accuracy(trainer.model, processor, test_dataset, training_args.beta) if test_dataset else None
-    trainable, total = count_parameters(trainer.model)
-    started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    train_seconds = time.perf_counter() - started
-    after = preference_accuracy(trainer.model, processor, test_dataset, training_args.beta) if test_dataset else None
-    if "ref" in getattr(trainer.model, "peft_config", {}):
-        trainer.model.delete_adapter("ref")  # the reference is the SFT adapter the user already has
+    scores = {}
 
-    # save
-    trainer.save_model(training_args.output_dir)
-    metrics = dict(train_result.metrics)
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    world = training_args.world_size
-    summary = {
-        "output_dir": training_args.output_dir,
-        "model": model_args.model_name_or_path,
+    def score_and_drop_reference(trainer):
+        if test_dataset is not None:
+            scores["after"] = preference_accuracy(trainer.model, processor, test_dataset, training_args.beta)
+        if "ref" in getattr(trainer.model, "peft_config", {}):
+            trainer.model.delete_adapter("ref")  # the reference is the SFT adapter the user already has
+
+    summary = train_and_save(trainer, training_args, model_args, after_training=score_and_drop_reference)
+    summary.update({
         "start_adapter": script_args.sft_adapter or "(fresh LoRA)",
         "loss_type": ",".join(training_args.loss_type),
         "beta": training_args.beta,
         "train_pairs": len(train_dataset),
-        "steps": trainer.state.global_step,
-        "effective_batch": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world,
-        "trainable_params": trainable,
-        "total_params": total,
-        "train_loss": float(metrics.get("train_loss", float("nan"))),
-        "train_seconds": train_seconds,
-        **peak_memory_mb(),
-    }
+    })
+    after = scores.get("after")
     if before and after:
         summary.update({
             "test_pairs": before["n"],

@@ -99,6 +99,38 @@ def print_summary(summary: dict, title: str = "vlm-tune sft — run summary") ->
     print("=" * 60)
 
 
+# --- train + save (shared by sft and dpo) ----------------------------------------------------
+def train_and_save(trainer, training_args, model_args, after_training=None) -> dict:
+    """Train, save adapter + processor, metrics and trainer state; return the run summary.
+    `after_training(trainer)` runs between training and saving (e.g. DPO's 'after' score)."""
+    trainable, total = count_parameters(trainer.model)
+    started = time.perf_counter()
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_seconds = time.perf_counter() - started
+    if after_training is not None:
+        after_training(trainer)
+    trainer.save_model(training_args.output_dir)
+    metrics = dict(train_result.metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    world = training_args.world_size
+    per_device, accumulation = training_args.per_device_train_batch_size, training_args.gradient_accumulation_steps
+    return {
+        "output_dir": training_args.output_dir,
+        "model": model_args.model_name_or_path,
+        "steps": trainer.state.global_step,
+        "effective_batch": per_device * accumulation * world,
+        "batch_arithmetic": f"{per_device} per device × {accumulation} accumulation × {world} process(es)",
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": 100.0 * trainable / max(total, 1),
+        "train_loss": float(metrics.get("train_loss", float("nan"))),
+        "train_seconds": train_seconds,
+        **peak_memory_mb(),
+    }
+
+
 # --- job -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -135,32 +167,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         callbacks=callbacks,
     )
     keep_adapters_fp32(trainer.model)
-    trainable, total = count_parameters(trainer.model)
-    started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    train_seconds = time.perf_counter() - started
+    summary = train_and_save(trainer, training_args, model_args)
 
-    # save: adapter + processor (save_model), metrics, trainer state, resolved recipe
-    trainer.save_model(training_args.output_dir)
-    metrics = dict(train_result.metrics)
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
-    world = training_args.world_size
-    summary = {
-        "output_dir": training_args.output_dir,
-        "model": model_args.model_name_or_path,
-        "steps": trainer.state.global_step,
-        "effective_batch": training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps * world,
-        "batch_arithmetic": f"{training_args.per_device_train_batch_size} per device × "
-        f"{training_args.gradient_accumulation_steps} accumulation × {world} process(es)",
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_percent": 100.0 * trainable / max(total, 1),
-        "train_loss": float(metrics.get("train_loss", float("nan"))),
-        "train_seconds": train_seconds,
-        **peak_memory_mb(),
-    }
     if trainer.is_world_process_zero():
         out = Path(training_args.output_dir)
         write_resolved_recipe(resolved, out / "recipe.yaml", "vlm-tune sft " + shlex.join(argv))
