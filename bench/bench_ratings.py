@@ -59,7 +59,6 @@ def make_ratings(folder: Path, n_images: int, n_prompts: int, n_responses: int, 
     group = item // n_responses
     image = group // n_prompts
     prompt = group % n_prompts
-    response = item % n_responses
     raters = np.argsort(rng.random((n_items, pool)), axis=1)[:, :per_item].ravel()  # distinct per item
     quality = rng.normal(3.0, 1.0, n_items)
     bias = rng.normal(0.0, 0.4, pool)
@@ -168,7 +167,7 @@ def main(argv=None) -> int:
         first = None
         for name, file, options in cases:
             with contextlib.redirect_stderr(io.StringIO()):  # the low-alpha warning, once per run
-                seconds, (dataset_dict, report) = _timed(args.repeat, lambda: build_pairs(folder / file, **options))
+                seconds, (dataset_dict, report) = _timed(args.repeat, lambda f=file, o=options: build_pairs(folder / f, **o))
             n_pairs = report["pairs"]["train"] + report["pairs"]["test"]
             stages = [report["timings_s"][k] for k in ("read", "validate", "agreement", "pairs", "dataset", "report")]
             cells = [name, f"{report['rows_read']:,}", f"{n_pairs:,}", f"{seconds:.2f}"] + [f"{t:.2f}" for t in stages]

@@ -11,7 +11,7 @@ import torch
 
 from vlm_tune.cli import main
 
-from conftest import REPO, TINY_RECIPE, sft_argv
+from conftest import REPO, sft_argv
 
 
 def _error(capsys, argv) -> str:
