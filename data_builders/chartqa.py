@@ -521,6 +521,10 @@ def _parse_args(argv) -> argparse.Namespace:
     return args
 
 
+# The names vlm_tune.sft.ensure_assets looks for in every synthetic builder.
+build, save = build_chartqa, save_chartqa
+
+
 def main(argv=None) -> int:
     args = _parse_args(argv)
     # Check before rendering so a refused run costs nothing.

@@ -20,6 +20,8 @@ from trl import ModelConfig, ScriptArguments, TrlParser
 from vlm_tune.errors import UserError
 
 LORA_SCOPES = ("lm", "lm+connector", "all")
+# synthetic_builder name → builder module (each saves ChartQA's columns image/query/label, so one SFT path serves all)
+SYNTHETIC_BUILDERS = {"chartqa": "data_builders.chartqa", "scenes": "data_builders.scenes"}
 
 
 # --- script arguments ------------------------------------------------------------------------
@@ -59,6 +61,11 @@ class VlmScriptArguments(ScriptArguments):
     tiny_model_seed: int = field(default=0, metadata={"help": "Seed of the tiny model built on first use."})
     synthetic_dataset: bool = field(
         default=False, metadata={"help": "Build the synthetic ChartQA dataset at dataset_name if missing."}
+    )
+    synthetic_builder: str = field(
+        default="chartqa",
+        metadata={"help": "Which synthetic set: 'chartqa' (charts + questions) or 'scenes' (shapes + captions/tags).",
+                  "choices": list(SYNTHETIC_BUILDERS)},
     )
     synthetic_sizes: list[int] = field(
         default_factory=lambda: [600, 100, 200], metadata={"help": "train val test sizes of the synthetic dataset."}
@@ -154,6 +161,9 @@ def parse_recipe(
         training_args.resume_from_checkpoint = True
     elif str(training_args.resume_from_checkpoint).lower() in ("false", "none", ""):
         training_args.resume_from_checkpoint = None
+    if script_args.synthetic_builder not in SYNTHETIC_BUILDERS:
+        raise UserError(f"{recipe_path}: synthetic_builder must be one of {', '.join(SYNTHETIC_BUILDERS)}, "
+                        f"not '{script_args.synthetic_builder}'")
     if script_args.lora_scope not in LORA_SCOPES:
         raise UserError(f"{recipe_path}: lora_scope must be one of {', '.join(LORA_SCOPES)}, not '{script_args.lora_scope}'")
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import resource
@@ -26,7 +27,7 @@ from vlm_tune.modeling import (
     load_model,
     load_processor,
 )
-from vlm_tune.recipes import parse_recipe, write_resolved_recipe
+from vlm_tune.recipes import SYNTHETIC_BUILDERS, parse_recipe, write_resolved_recipe
 
 
 # --- embedded default assets -----------------------------------------------------------------
@@ -38,13 +39,13 @@ def ensure_assets(script_args, model_args) -> None:
         print(f"Building the tiny SmolVLM-architecture model at {model_args.model_name_or_path} (first use)")
         make_tiny_model(model_args.model_name_or_path, seed=script_args.tiny_model_seed)
     if script_args.synthetic_dataset:
-        from data_builders.chartqa import QUESTION_TYPES, build_chartqa, build_info, read_build_info, save_chartqa
-
+        # Each synthetic builder module exposes QUESTION_TYPES, build_info, read_build_info, build and save.
+        builder = importlib.import_module(SYNTHETIC_BUILDERS[script_args.synthetic_builder])
         n_train, n_val, n_test = script_args.synthetic_sizes
-        wanted = build_info(n_train, n_val, n_test, script_args.synthetic_seed, script_args.synthetic_image_size,
-                            script_args.synthetic_types or QUESTION_TYPES)
+        wanted = builder.build_info(n_train, n_val, n_test, script_args.synthetic_seed, script_args.synthetic_image_size,
+                                    script_args.synthetic_types or builder.QUESTION_TYPES)
         if os.path.exists(script_args.dataset_name):
-            found = read_build_info(script_args.dataset_name)
+            found = builder.read_build_info(script_args.dataset_name)
             if found != wanted:  # never train on stale data, never delete a folder we may not own
                 seen = f"built with {json.dumps(found)}" if found else "it has no synthetic_build.json"
                 raise UserError(
@@ -52,12 +53,13 @@ def ensure_assets(script_args, model_args) -> None:
                     f"({seen}); delete it to rebuild, or point dataset_name elsewhere"
                 )
             return
-        print(f"Building synthetic ChartQA ({n_train}/{n_val}/{n_test}) at {script_args.dataset_name} (first use)")
-        splits = build_chartqa(
+        print(f"Building synthetic {script_args.synthetic_builder} ({n_train}/{n_val}/{n_test}) at "
+              f"{script_args.dataset_name} (first use)")
+        splits = builder.build(
             n_train, n_val, n_test, seed=script_args.synthetic_seed, image_size=script_args.synthetic_image_size,
             num_proc=min(2, os.cpu_count() or 1), question_types=wanted["question_types"],
         )
-        save_chartqa(splits, script_args.dataset_name, info=wanted)
+        builder.save(splits, script_args.dataset_name, info=wanted)
 
 
 # --- held-out evaluation ---------------------------------------------------------------------
