@@ -13,6 +13,10 @@ commands:
   dpo --config RECIPE.yaml [--field value ...]   DPO on team preference pairs with TRL's DPOTrainer
   eval --config RECIPE.yaml [--adapter DIR] [--split test] [--limit N] [--output_dir DIR]
                                                  ChartQA relaxed accuracy of base or tuned model
+  caption IMAGES_DIR --adapter DIR|--model M [--format kohya|diffusers|both] [--mode caption|tags|dual] [--trigger W]
+                                                 caption a diffusion-LoRA image folder (kohya sidecars / metadata.jsonl)
+  caption-lint DIR [--caption-extension .txt] [--trigger W]
+                                                 QA of an existing caption set (loops, empties, duplicates, kohya pitfalls)
   make-tiny-model --output DIR [--seed N]        build the tiny SmolVLM-architecture model (offline)
 
 Run `vlm-tune COMMAND --help` for a command's options."""
@@ -34,6 +38,14 @@ def _run(command: str, argv: list[str]) -> int:
 
         evaluation.main(argv)
         return 0
+    if command == "caption":
+        from vlm_tune import caption
+
+        return caption.main(argv)
+    if command == "caption-lint":
+        from vlm_tune import caption_qa
+
+        return caption_qa.main(argv)
     if command == "make-tiny-model":
         from vlm_tune import tiny_model
 

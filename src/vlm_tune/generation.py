@@ -27,12 +27,16 @@ def generate_answers(
     batch_size: int = 8,
     max_new_tokens: int = 16,
     desc: str = "Generating",
+    show_progress: bool = True,
+    **generate_kwargs,
 ) -> list[str]:
-    """Greedy answers, one per (image, query); batches are left-padded so generation starts aligned."""
+    """Greedy answers, one per (image, query); batches are left-padded so generation starts aligned.
+    `generate_kwargs` go to `model.generate` (num_beams, repetition_penalty, no_repeat_ngram_size, …)."""
     model.eval()
     device = next(model.parameters()).device
     answers: list[str] = []
-    for start in tqdm(range(0, len(queries), batch_size), desc=desc, unit="batch", leave=False):
+    starts = range(0, len(queries), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not show_progress):
         batch_queries = queries[start : start + batch_size]
         batch_images = [[image.convert("RGB")] for image in images[start : start + batch_size]]
         texts = [prompt_text(processor, q, system_prompt) for q in batch_queries]
@@ -41,7 +45,7 @@ def generate_answers(
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            **{"do_sample": False, **generate_kwargs},
             pad_token_id=processor.tokenizer.pad_token_id,
             eos_token_id=processor.tokenizer.eos_token_id,
         )
