@@ -14,7 +14,8 @@ from vlm_tune.dpo import DpoScriptArguments
 from vlm_tune.recipes import VlmScriptArguments, parse_recipe, write_resolved_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+# recipes/accelerate/ holds accelerate launch configs, not training recipes (tests/test_multiprocess.py checks them).
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if p.parent.name != "accelerate")
 # A recipe's header names its command; the command decides the dataclasses it is parsed into.
 PARSERS = {"sft": (SFTConfig, VlmScriptArguments), "dpo": (DPOConfig, DpoScriptArguments)}
 
