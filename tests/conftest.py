@@ -52,6 +52,7 @@ def sft_argv(model_dir, data_dir, output_dir, *extra: str) -> list[str]:
         "--synthetic_dataset", "false",
         "--logging_steps", "1",
         "--disable_tqdm", "true",
+        "--num_validation_samples", "0",  # tests that check validation samples ask for them
         *extra,
     ]
 

@@ -83,3 +83,29 @@ def test_eval_before_training_keeps_4bit_gradients_right(tiny_model_dir):
     # layer 0 only gets a gradient through the frozen 4-bit layers above it
     first = dict(model.named_parameters())["base_model.model.model.text_model.layers.0.self_attn.q_proj.lora_B.default.weight"]
     assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+def test_frozen_vision_tower_is_not_backpropagated(tiny_model_dir, tiny_chartqa_dir, tmp_path):
+    """Gradient checkpointing hooks every sub-model's input embeddings; the frozen SigLIP tower's hook
+    is removed so no activation of it is kept for a backward pass it does not need."""
+    from transformers import TrainerCallback
+
+    from conftest import sft_argv
+    from vlm_tune import sft
+
+    seen = {}
+
+    class Record(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if not seen:
+                vision = next(m for n, m in model.named_modules() if n.endswith("model.vision_model"))
+                def record(module, inputs, output):
+                    seen.setdefault("grad", output.last_hidden_state.requires_grad)
+
+                vision.encoder.register_forward_hook(record)
+
+    argv = sft_argv(tiny_model_dir, tiny_chartqa_dir, tmp_path / "run", "--max_steps", "2", "--save_strategy", "no",
+                    "--eval_after_train", "false", "--gradient_checkpointing", "true")
+    summary = sft.main(argv, callbacks=[Record()])
+    assert seen == {"grad": False}
+    assert summary["train_loss"] > 0  # and training itself still ran (the connector LoRA gets its grads)

@@ -17,6 +17,12 @@ commands:
                                                  caption a diffusion-LoRA image folder (kohya sidecars / metadata.jsonl)
   caption-lint DIR [--caption-extension .txt] [--trigger W]
                                                  QA of an existing caption set (loops, empties, duplicates, kohya pitfalls)
+  report RUN_DIR...                              report.html + report.md of a run (curves, eval, validation samples)
+  sweep --config RECIPE.yaml --grid KEY=V1,V2 ... [--seeds 0,1] [--sweep_dir DIR] [--field value ...]
+                                                 train a grid of overrides into one folder (resumable), then compare
+  compare RUN_DIR... [--output_dir DIR]          config differences, metrics, overlaid curves, samples side by side
+  plan --config RECIPE.yaml [--samples 64] [--json PATH] [--model_config CONFIG] [--measure]
+                                                 tokens per sample, parameters and memory of a recipe, before launch
   make-tiny-model --output DIR [--seed N]        build the tiny SmolVLM-architecture model (offline)
 
 Run `vlm-tune COMMAND --help` for a command's options."""
@@ -46,6 +52,14 @@ def _run(command: str, argv: list[str]) -> int:
         from vlm_tune import caption_qa
 
         return caption_qa.main(argv)
+    if command in ("report", "sweep", "compare"):
+        import importlib
+
+        return importlib.import_module(f"vlm_tune.{command}").main(argv)
+    if command == "plan":
+        from vlm_tune import plan
+
+        return plan.main(argv)
     if command == "make-tiny-model":
         from vlm_tune import tiny_model
 

@@ -21,8 +21,10 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from trl.trainer.utils import use_adapter
 
+from vlm_tune import tracking
 from vlm_tune.errors import UserError
 from vlm_tune.modeling import (
+    FrozenVisionNoGrad,
     build_lora_config,
     check_machine,
     keep_adapters_fp32,
@@ -30,6 +32,7 @@ from vlm_tune.modeling import (
     load_processor,
 )
 from vlm_tune.recipes import VlmScriptArguments, parse_recipe, write_resolved_recipe
+from vlm_tune.report import write_report_safely
 from vlm_tune.sft import ensure_assets, print_summary, train_and_save
 
 PREFERENCE_COLUMNS = ("images", "prompt", "chosen", "rejected")
@@ -150,6 +153,7 @@ def preference_accuracy(model, processor, dataset, beta: float, batch_size: int 
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
     script_args, training_args, model_args, resolved = parse_recipe(argv, DPOConfig, DpoScriptArguments)
+    tracking.prepare(training_args, resolved)  # no token as a recipe key; run_name; tracker packages
     ensure_assets(script_args, model_args)
     ensure_pairs(script_args)
 
@@ -181,6 +185,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         callbacks=callbacks,
     )
     keep_adapters_fp32(trainer.model)
+    trainer.add_callback(FrozenVisionNoGrad())  # no backward through the frozen vision tower
+    tracking.start(trainer, resolved, script_args.run_tags, job_type="dpo")  # W&B offline unless a key is set
     if script_args.sft_adapter:
         restore_adapter(trainer.model, sft_weights)
     before = preference_accuracy(trainer.model, processor, test_dataset, training_args.beta) if test_dataset else None
@@ -217,4 +223,6 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             )
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print_summary(summary, title="vlm-tune dpo — run summary")
+        write_report_safely(out)
+    tracking.finish(summary)
     return summary

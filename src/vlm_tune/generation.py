@@ -45,7 +45,7 @@ def generate_answers(
         output = model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
-            **{"do_sample": False, **generate_kwargs},
+            **{"do_sample": False, "use_cache": True, **generate_kwargs},  # Trainer turns the KV cache off in config
             pad_token_id=processor.tokenizer.pad_token_id,
             eos_token_id=processor.tokenizer.eos_token_id,
         )

@@ -12,6 +12,7 @@ import re
 
 import torch
 from peft import LoraConfig
+from transformers import TrainerCallback
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from vlm_tune.errors import UserError
@@ -66,6 +67,29 @@ def resolve_dtype(model_args: ModelConfig) -> torch.dtype:
     return getattr(torch, model_args.dtype)
 
 
+# --- multi-process placement -----------------------------------------------------------------
+def sharding_backend() -> str | None:
+    """'fsdp' or 'deepspeed' when `accelerate launch` started this process with a sharding config
+    (recipes/accelerate/fsdp_qlora.yaml, zero3.yaml), else None (one process, or DDP)."""
+    for backend, variable in (("fsdp", "ACCELERATE_USE_FSDP"), ("deepspeed", "ACCELERATE_USE_DEEPSPEED")):
+        if os.environ.get(variable, "false").lower() in ("1", "true", "yes"):
+            return backend
+    return None
+
+
+def match_quant_storage(model_args: ModelConfig, dtype: torch.dtype, backend: str) -> None:
+    """FSDP and ZeRO-3 shard only float tensors, one dtype per flat parameter, so 4-bit weights must be
+    packed in the model's dtype (bitsandbytes' `quant_storage`; uint8 by default). Unset: we set it."""
+    wanted = str(dtype).removeprefix("torch.")
+    if not model_args.bnb_4bit_quant_storage:
+        model_args.bnb_4bit_quant_storage = wanted
+    elif model_args.bnb_4bit_quant_storage != wanted:
+        raise UserError(
+            f"{backend} with load_in_4bit needs bnb_4bit_quant_storage equal to the model dtype ({wanted}), "
+            f"not {model_args.bnb_4bit_quant_storage}; pass --bnb_4bit_quant_storage {wanted}"
+        )
+
+
 # --- load ------------------------------------------------------------------------------------
 def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.exists(name)
@@ -114,8 +138,13 @@ def load_model(model_args: ModelConfig, trust_remote_code: bool = False, train_v
 
     dtype = resolve_dtype(model_args)
     model_args.dtype = str(dtype).removeprefix("torch.")  # get_quantization_config reads the compute dtype here
+    sharded = sharding_backend()
+    if sharded and model_args.load_in_4bit:
+        match_quant_storage(model_args, dtype, sharded)
     quantization_config = get_quantization_config(model_args)
-    device_map = {"": PartialState().local_process_index} if torch.cuda.is_available() else None
+    # DDP: bitsandbytes needs each process's 4-bit model on its own GPU. FSDP / ZeRO-3 place the shards
+    # themselves and refuse a device_map.
+    device_map = {"": PartialState().local_process_index} if torch.cuda.is_available() and not sharded else None
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             model_args.model_name_or_path,
@@ -147,6 +176,38 @@ def keep_4bit_trainable_on_cpu(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def drop_frozen_vision_input_grads(model) -> int:
+    """Stop autograd from recording the frozen vision tower; returns the number of hooks removed.
+
+    With gradient checkpointing (or k-bit prep), transformers' `enable_input_require_grads` hooks the
+    input embeddings of *every* sub-model — SigLIP's patch embeddings included — so the vision
+    encoder's activations are kept and backpropagated through although none of its weights train
+    (most of the kept activations of SmolVLM-256M at ~1k image tokens). The connector still gets its
+    gradients: they need only the encoder's output, not a gradient through it."""
+    from transformers import PreTrainedModel
+
+    removed = 0
+    for module in model.modules():
+        if not (isinstance(module, PreTrainedModel) and "vision" in type(module).__name__.lower()):
+            continue
+        if any(param.requires_grad for param in module.parameters()):
+            continue  # lora_scope: all / train_vision_tower: the grads are needed
+        embeddings = module.get_input_embeddings()
+        for key, hook in list(embeddings._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "make_inputs_require_grads":
+                del embeddings._forward_hooks[key]
+                removed += 1
+    return removed
+
+
+class FrozenVisionNoGrad(TrainerCallback):
+    """Runs `drop_frozen_vision_input_grads` once training has enabled gradient checkpointing."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            drop_frozen_vision_input_grads(model)
+
+
 def keep_adapters_fp32(model) -> None:
     """TRL casts QLoRA adapters to bf16; fp32 master weights keep small Adam updates from being rounded away."""
     for param in model.parameters():
@@ -155,10 +216,11 @@ def keep_adapters_fp32(model) -> None:
 
 
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) — 4-bit weights count as the number of values they store."""
+    """(trainable, total) — 4-bit weights count as the number of values they store (two per byte,
+    whatever the storage dtype: uint8, or bf16 for FSDP-QLoRA)."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel() * (2 if param.__class__.__name__ == "Params4bit" else 1)
+        n = param.numel() * (2 * param.element_size() if param.__class__.__name__ == "Params4bit" else 1)
         total += n
         trainable += n if param.requires_grad else 0
     return trainable, total

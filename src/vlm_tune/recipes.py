@@ -75,6 +75,17 @@ class VlmScriptArguments(ScriptArguments):
         default=None, metadata={"help": "Question types of the synthetic dataset (None: all the builder has)."}
     )
     synthetic_image_size: int = field(default=160, metadata={"help": "Side in px of the synthetic chart images."})
+    num_validation_samples: int = field(
+        default=8,
+        metadata={"help": "Held-out rows whose generated answers are logged at step 0, every evaluation and the end "
+                          "(RUN_DIR/validation/, trackers); 0: none."},
+    )
+    validation_max_new_tokens: int = field(
+        default=32, metadata={"help": "Generation budget of the validation samples (captions need more than answers)."}
+    )
+    run_tags: list[str] | None = field(
+        default=None, metadata={"help": "Tags of the run in the tracker (W&B tags, TensorBoard text)."}
+    )
 
 
 # --- parse -----------------------------------------------------------------------------------
@@ -193,6 +204,10 @@ def _plain(value):
 
 
 def write_resolved_recipe(resolved: dict, path: str | os.PathLike, command: str) -> None:
+    # no token or key in a run folder (the env: section included)
+    from vlm_tune.tracking import scrub, scrub_text
+
+    resolved, command = scrub(resolved), scrub_text(command)
     text = f"# Resolved recipe of this run (YAML + command-line overrides). Re-run with:\n#   {command}\n"
     text += yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True)
     Path(path).write_text(text, encoding="utf-8")

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -17,9 +18,11 @@ from pathlib import Path
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from vlm_tune import tracking, validation
 from vlm_tune.data import format_chartqa, get_split, load_splits
 from vlm_tune.errors import UserError
 from vlm_tune.modeling import (
+    FrozenVisionNoGrad,
     build_lora_config,
     check_machine,
     count_parameters,
@@ -28,6 +31,8 @@ from vlm_tune.modeling import (
     load_processor,
 )
 from vlm_tune.recipes import SYNTHETIC_BUILDERS, parse_recipe, write_resolved_recipe
+from vlm_tune.report import write_report_safely
+from vlm_tune.throughput import attach_throughput
 
 
 # --- embedded default assets -----------------------------------------------------------------
@@ -60,6 +65,42 @@ def ensure_assets(script_args, model_args) -> None:
             num_proc=min(2, os.cpu_count() or 1), question_types=wanted["question_types"],
         )
         builder.save(splits, script_args.dataset_name, info=wanted)
+
+
+# --- multi-process (accelerate launch) --------------------------------------------------------
+def use_gloo_without_gpu() -> None:
+    """`accelerate launch --num_processes N` starts N processes through torchrun even without CUDA, but
+    accelerate picks its CPU/gloo backend only when told the run is a CPU run (its `--cpu` flag starts a
+    single process); otherwise every process would train alone on all the data. Must run before the
+    TrainingArguments set up the distributed state."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
+def row_fingerprint(example: dict) -> str:
+    """Identity of a training row from its prompt, answer and pixels (rows carry no id column)."""
+    digest = hashlib.sha1(json.dumps([example.get("prompt"), example.get("completion")], default=str).encode())
+    for image in example.get("images") or []:
+        digest.update(image.tobytes() if hasattr(image, "tobytes") else repr(image).encode())
+    return digest.hexdigest()[:16]
+
+
+class BatchTrace:
+    """Opt-in evidence of which rows each rank trained on (VLM_TUNE_TRACE_BATCHES=DIR): wraps the data
+    collator and appends one JSON line per collated batch to DIR/rank-K.jsonl. Used by the multi-process
+    test to check that ranks see different, disjoint data; off by default (it hashes every image)."""
+
+    def __init__(self, collator, directory: str, rank: int):
+        self.collator, self.rank, self.calls = collator, rank, 0
+        self.path = Path(directory) / f"rank-{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, examples: list[dict]):
+        ids = [row_fingerprint(example) for example in examples]  # before the collator rewrites the rows
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"rank": self.rank, "batch": self.calls, "ids": ids}) + "\n")
+        self.calls += 1
+        return self.collator(examples)
 
 
 # --- held-out evaluation ---------------------------------------------------------------------
@@ -136,8 +177,15 @@ def train_and_save(trainer, training_args, model_args, after_training=None) -> d
 # --- job -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
+    use_gloo_without_gpu()
     script_args, training_args, model_args, resolved = parse_recipe(argv, SFTConfig)
-    ensure_assets(script_args, model_args)
+    tracking.prepare(training_args, resolved)  # no token as a recipe key; run_name; tracker packages
+    if "ddp_find_unused_parameters" not in resolved:
+        # LoRA uses every trainable parameter each step: skip DDP's extra graph walk (and its
+        # failure with gradient checkpointing).
+        training_args.ddp_find_unused_parameters = False
+    with training_args.main_process_first(desc="building first-use assets"):  # one builder, the others wait
+        ensure_assets(script_args, model_args)
 
     # load (the processor first: a missing model or unreachable hub is the first thing to report)
     processor = load_processor(
@@ -169,6 +217,13 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
         callbacks=callbacks,
     )
     keep_adapters_fp32(trainer.model)
+    trainer.add_callback(FrozenVisionNoGrad())  # no backward through the frozen vision tower
+    tracking.start(trainer, resolved, script_args.run_tags)  # W&B offline unless a key is set; TensorBoard in the run
+    validation.attach(trainer, processor, splits, script_args)  # answers on fixed held-out rows at each eval
+    attach_throughput(trainer)  # train_tokens_per_second (+ train_mfu on a known GPU) in every training log
+    if os.environ.get("VLM_TUNE_TRACE_BATCHES"):
+        trainer.data_collator = BatchTrace(trainer.data_collator, os.environ["VLM_TUNE_TRACE_BATCHES"],
+                                           training_args.process_index)
     summary = train_and_save(trainer, training_args, model_args)
 
     if trainer.is_world_process_zero():
@@ -181,4 +236,6 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
             summary["eval_seconds"] = time.perf_counter() - started
         (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         print_summary(summary)
+        write_report_safely(out)
+    tracking.finish(summary)
     return summary
