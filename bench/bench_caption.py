@@ -47,7 +47,7 @@ def naive_loop(model, processor, images, prompt, max_new_tokens) -> list[str]:
     answers = []
     for image in images:
         inputs = processor(images=[[image]], text=[prompt_text(processor, prompt)], return_tensors="pt").to(device)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                 pad_token_id=processor.tokenizer.pad_token_id)
         answers.append(processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip())
     return answers
