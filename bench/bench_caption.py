@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--json", help="write the result here too")
+    parser.add_argument("--keep-4bit", action="store_true", help="CPU: keep bitsandbytes' 4-bit layers (vlm-tune caption --keep-4bit)")
     args = parser.parse_args(argv)
 
     from vlm_tune.caption import load_captioner, training_settings
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
 
         make_tiny_model(args.model, seed=0)
     caption_args = argparse.Namespace(model=args.model, adapter=adapter, load_in_4bit=None, dtype=None,
-                                      do_image_splitting=None, image_longest_edge=None, trust_remote_code=False)
+                                      do_image_splitting=None, image_longest_edge=None, trust_remote_code=False,
+                                      keep_4bit=args.keep_4bit)
     model, processor = load_captioner(caption_args, training_settings(adapter))
     if args.images:
         found, _ = find_images(args.images)

@@ -1,9 +1,19 @@
-"""Small pieces every builder's command line shares: argument types and the 'refuse to overwrite' check."""
+"""What every synthetic builder shares: argument types, the 'refuse to overwrite' check, the pooled
+split loop, the build-settings file and the staged (all-or-nothing) save."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from multiprocessing import Pool
 from pathlib import Path
+
+import datasets
+from tqdm.auto import tqdm
 
 
 def is_nonempty(path: Path) -> bool:
@@ -23,3 +33,78 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+# --- build: every split rendered by a pool of workers, in row order ---
+
+
+def build_splits(
+    sizes: dict[str, int], seed: int, extra: tuple, render_rows, num_proc: int, desc: str, unit: str, features,
+    chunksize: int = 8,
+) -> datasets.DatasetDict:
+    """Every split: render_rows((seed, split, index, *extra)) -> a list of rows, for index in range(sizes[split]).
+
+    imap keeps row order, so the output is the same for any num_proc; leaving the with-block
+    terminates the workers (also on Ctrl-C). A pool is forked only when it can pay for itself.
+    """
+    use_pool = num_proc > 1 and sum(sizes.values()) > 1
+    splits = {}
+    with (Pool(num_proc) if use_pool else nullcontext()) as pool:
+        for split, n in sizes.items():
+            if n == 0:  # a 0-row split is left out: datasets saves it but cannot load it back
+                continue
+            tasks = [(seed, split, i, *extra) for i in range(n)]
+            rows_iter = pool.imap(render_rows, tasks, chunksize=chunksize) if pool else map(render_rows, tasks)
+            rows = [row for rows in tqdm(rows_iter, total=n, desc=f"{desc} {split}", unit=unit) for row in rows]
+            columns = {name: [row[name] for row in rows] for name in features}
+            splits[split] = datasets.Dataset.from_dict(columns, features=features)
+    return datasets.DatasetDict(splits)
+
+
+# --- save: staged, then renamed into place, with the build settings beside the data ---
+
+
+BUILD_INFO = "synthetic_build.json"  # the settings a saved dataset was built with
+
+
+def build_info(builder: str, sizes, seed: int, image_size: int, question_types, version: int | None = None) -> dict:
+    """What vlm_tune.sft.ensure_assets compares to decide a saved dataset is this recipe's (else: stale)."""
+    info = {"builder": builder, "sizes": list(sizes), "seed": seed, "image_size": image_size,
+            "question_types": list(question_types)}
+    if version is not None:  # bumped when the builder's output changes for the same settings
+        info["version"] = version
+    return info
+
+
+def read_build_info(path) -> dict | None:
+    info = Path(path) / BUILD_INFO
+    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else None
+
+
+def staged_replace(output: Path, overwrite: bool, write) -> Path:
+    """write(folder) into a staging dir beside output, then rename it into place: an interrupted run
+    leaves output as it was, and a non-empty output is only replaced with overwrite=True."""
+    output = Path(output)
+    if is_nonempty(output) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        write(staging / "new")
+        if output.exists() or output.is_symlink():
+            os.replace(output, staging / "old")  # removed with the staging dir below
+        os.replace(staging / "new", output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def save_dataset(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool = False, info: dict | None = None) -> Path:
+    """save_to_disk atomically (see staged_replace), with the build settings (info) beside it."""
+
+    def write(folder: Path) -> None:
+        dataset_dict.save_to_disk(str(folder))
+        if info is not None:
+            (folder / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+    return staged_replace(Path(output_dir), overwrite, write)

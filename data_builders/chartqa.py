@@ -22,14 +22,9 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import shutil
 import sys
-import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import matplotlib
@@ -40,9 +35,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
-from tqdm.auto import tqdm
 
-from data_builders._common import is_nonempty, non_negative_int, positive_int
+from data_builders._common import (  # noqa: F401 (BUILD_INFO, read_build_info: ensure_assets reads them per builder)
+    BUILD_INFO,
+    build_splits,
+    is_nonempty,
+    non_negative_int,
+    positive_int,
+    read_build_info,
+    save_dataset,
+)
+from data_builders._common import build_info as common_build_info
 
 # --- vocabularies ---
 
@@ -384,25 +387,17 @@ def make_chart(rng: np.random.Generator, image_size: int = 160, question_types: 
 # --- build ---
 
 
-def _render_row(task: tuple[int, str, int, int, tuple[str, ...]]) -> dict:
-    """Pool worker: one dataset row from (seed, split, index, image_size, question_types)."""
+def _render_row(task: tuple[int, str, int, int, tuple[str, ...]]) -> list[dict]:
+    """Pool worker: the (one) dataset row of (seed, split, index, image_size, question_types)."""
     seed, split, index, image_size, question_types = task
     spec = sample_chart(row_rng(seed, split, index), question_types)
-    return {
+    return [{
         "image": {"bytes": encode_png(render_chart(spec, image_size)), "path": None},
         "query": spec.query,
         "label": [spec.answer],
         "human_or_machine": MACHINE,
         "type": spec.qtype,
-    }
-
-
-def _build_split(split: str, n_rows: int, seed: int, image_size: int, question_types, pool) -> datasets.Dataset:
-    tasks = [(seed, split, i, image_size, question_types) for i in range(n_rows)]
-    rows_iter = pool.imap(_render_row, tasks, chunksize=8) if pool else map(_render_row, tasks)
-    rows = list(tqdm(rows_iter, total=n_rows, desc=f"chartqa {split}", unit="img"))
-    columns = {name: [row[name] for row in rows] for name in FEATURES}
-    return datasets.Dataset.from_dict(columns, features=FEATURES)
+    }]
 
 
 def build_chartqa(
@@ -422,38 +417,14 @@ def build_chartqa(
     unknown = [t for t in question_types if t not in QUESTION_TYPES]
     if unknown or not question_types:
         raise ValueError(f"question types must be a non-empty subset of {', '.join(QUESTION_TYPES)}, got {unknown}")
-    # Fork a pool only when it can pay for itself; imap keeps row order, and leaving the
-    # with-block terminates the workers (also on Ctrl-C).
-    use_pool = num_proc > 1 and sum(sizes.values()) > 1
-    with (Pool(num_proc) if use_pool else nullcontext()) as pool:
-        # A 0-row split is left out: datasets saves it but cannot load it back.
-        splits = {
-            split: _build_split(split, n_rows, seed, image_size, question_types, pool)
-            for split, n_rows in sizes.items()
-            if n_rows > 0
-        }
-    return datasets.DatasetDict(splits)
+    return build_splits(sizes, seed, (image_size, question_types), _render_row, num_proc, "chartqa", "img", FEATURES)
 
 
 # --- save ---
 
 
-BUILD_INFO = "synthetic_build.json"  # the settings a saved dataset was built with
-
-
 def build_info(n_train, n_val, n_test, seed, image_size, question_types=QUESTION_TYPES) -> dict:
-    return {
-        "builder": "data_builders.chartqa",
-        "sizes": [n_train, n_val, n_test],
-        "seed": seed,
-        "image_size": image_size,
-        "question_types": list(question_types),
-    }
-
-
-def read_build_info(path) -> dict | None:
-    info = Path(path) / BUILD_INFO
-    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else None
+    return common_build_info("data_builders.chartqa", (n_train, n_val, n_test), seed, image_size, question_types)
 
 
 def save_chartqa(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool = False, info: dict | None = None) -> Path:
@@ -462,21 +433,7 @@ def save_chartqa(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool
     An interrupted run leaves output_dir as it was; an existing non-empty output_dir is only
     replaced with overwrite=True (FileExistsError otherwise).
     """
-    output = Path(output_dir)
-    if is_nonempty(output) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        dataset_dict.save_to_disk(str(staging / "dataset"))
-        if info is not None:
-            (staging / "dataset" / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        if output.exists() or output.is_symlink():
-            os.replace(output, staging / "old")  # removed with the staging dir below
-        os.replace(staging / "dataset", output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+    return save_dataset(dataset_dict, output_dir, overwrite, info)
 
 
 # --- command line ---

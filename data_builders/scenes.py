@@ -40,21 +40,26 @@ import io
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass
-from multiprocessing import Pool
 from pathlib import Path
 
 import datasets
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
-from data_builders._common import is_nonempty, non_negative_int, positive_int
+from data_builders._common import (  # noqa: F401 (BUILD_INFO, read_build_info: ensure_assets reads them per builder)
+    BUILD_INFO,
+    build_splits,
+    is_nonempty,
+    non_negative_int,
+    positive_int,
+    read_build_info,
+    save_dataset,
+    staged_replace,
+)
+from data_builders._common import build_info as common_build_info
 from vlm_tune.caption import DEFAULT_PROMPTS
 from vlm_tune.errors import UserError
 
@@ -293,14 +298,6 @@ def _render_rows(task: tuple[int, str, int, int, tuple[str, ...]]) -> list[dict]
     ]
 
 
-def _build_split(split: str, n_scenes: int, seed: int, image_size: int, question_types, pool) -> datasets.Dataset:
-    tasks = [(seed, split, i, image_size, question_types) for i in range(n_scenes)]
-    scenes_iter = pool.imap(_render_rows, tasks, chunksize=16) if pool else map(_render_rows, tasks)
-    rows = [row for scene in tqdm(scenes_iter, total=n_scenes, desc=f"scenes {split}", unit="scene") for row in scene]
-    columns = {name: [row[name] for row in rows] for name in FEATURES}
-    return datasets.Dataset.from_dict(columns, features=FEATURES)
-
-
 def _check_types(question_types) -> tuple[str, ...]:
     question_types = tuple(question_types)
     unknown = [t for t in question_types if t not in QUESTION_TYPES]
@@ -325,64 +322,26 @@ def build_scenes(
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 px, got {image_size}")
     question_types = _check_types(question_types)
-    use_pool = num_proc > 1 and sum(sizes.values()) > 1
-    with (Pool(num_proc) if use_pool else nullcontext()) as pool:
-        # A 0-row split is left out: datasets saves it but cannot load it back.
-        splits = {
-            split: _build_split(split, n, seed, image_size, question_types, pool)
-            for split, n in sizes.items()
-            if n > 0
-        }
-    return datasets.DatasetDict(splits)
+    return build_splits(sizes, seed, (image_size, question_types), _render_rows, num_proc, "scenes", "scene", FEATURES,
+                        chunksize=16)
 
 
 # --- save ---
 
 
-BUILD_INFO = "synthetic_build.json"  # the settings a saved dataset was built with
+# Bumped whenever the rendered images or reference texts change for the same settings, so a dataset
+# saved by an older design is reported as stale instead of silently trained on.
+BUILD_VERSION = 2
 
 
 def build_info(n_train, n_val, n_test, seed, image_size, question_types=QUESTION_TYPES) -> dict:
-    return {
-        "builder": "data_builders.scenes",
-        "sizes": [n_train, n_val, n_test],
-        "seed": seed,
-        "image_size": image_size,
-        "question_types": list(question_types),
-    }
-
-
-def read_build_info(path) -> dict | None:
-    info = Path(path) / BUILD_INFO
-    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else None
-
-
-def _staged_replace(output: Path, overwrite: bool, write) -> Path:
-    """write(folder) into a staging dir beside output, then rename it into place: an interrupted run
-    leaves output as it was, and a non-empty output is only replaced with overwrite=True."""
-    if is_nonempty(output) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        write(staging / "new")
-        if output.exists() or output.is_symlink():
-            os.replace(output, staging / "old")  # removed with the staging dir below
-        os.replace(staging / "new", output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+    return common_build_info("data_builders.scenes", (n_train, n_val, n_test), seed, image_size, question_types,
+                             version=BUILD_VERSION)
 
 
 def save_scenes(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool = False, info: dict | None = None) -> Path:
-    """save_to_disk atomically (see _staged_replace), with the build settings beside it."""
-
-    def write(folder: Path) -> None:
-        dataset_dict.save_to_disk(str(folder))
-        if info is not None:
-            (folder / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-    return _staged_replace(Path(output_dir), overwrite, write)
+    """save_to_disk atomically (an interrupted run leaves output_dir as it was), build settings beside it."""
+    return save_dataset(dataset_dict, output_dir, overwrite, info)
 
 
 # The names vlm_tune.sft.ensure_assets looks for in every synthetic builder.
@@ -447,7 +406,7 @@ def export_images(dataset_dir_or_dict, split: str, output_dir, overwrite: bool =
         (folder / "images").mkdir(parents=True, exist_ok=True)
         (folder / "truth.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    return _staged_replace(Path(output_dir), overwrite, write)
+    return staged_replace(Path(output_dir), overwrite, write)
 
 
 # --- attributes ---
@@ -662,11 +621,10 @@ def text_only_prior(train: datasets.Dataset) -> dict[str, str]:
 
 
 def _evaluate_main(args) -> int:
-    from peft import PeftModel
     from trl import SFTConfig
 
     from vlm_tune.data import load_splits
-    from vlm_tune.modeling import load_model, load_processor
+    from vlm_tune.modeling import load_for_inference
     from vlm_tune.recipes import parse_recipe
 
     script_args, training_args, model_args, _ = parse_recipe(["--config", args.config, *args.recipe_overrides], SFTConfig)
@@ -676,13 +634,8 @@ def _evaluate_main(args) -> int:
     split = splits[args.split]
     if args.limit:
         split = split.select(range(min(args.limit, len(split))))
-    processor = load_processor(model_args, training_args.trust_remote_code, script_args.image_longest_edge,
-                               script_args.do_image_splitting)
-    model = load_model(model_args, training_args.trust_remote_code)
-    if args.adapter:
-        if not (Path(args.adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no LoRA adapter in {args.adapter} (adapter_config.json missing)")
-        model = PeftModel.from_pretrained(model, args.adapter)
+    model, processor = load_for_inference(model_args, training_args.trust_remote_code, script_args.image_longest_edge,
+                                          script_args.do_image_splitting, args.adapter)
     records, scores = evaluate_captioner(model, processor, split, args.batch_size, args.max_new_tokens,
                                          script_args.system_prompt)
     result = {"adapter": args.adapter, "split": args.split, "scores": scores}

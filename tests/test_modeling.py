@@ -109,3 +109,28 @@ def test_frozen_vision_tower_is_not_backpropagated(tiny_model_dir, tiny_chartqa_
     summary = sft.main(argv, callbacks=[Record()])
     assert seen == {"grad": False}
     assert summary["train_loss"] > 0  # and training itself still ran (the connector LoRA gets its grads)
+
+
+def test_cpu_inference_dequantizes_the_4bit_base_to_the_same_weights(tiny_model_dir, tiny_run_dir):
+    """Captioning/eval on CPU swaps bitsandbytes' 4-bit layers for plain ones holding the dequantized
+    values, so the adapter sees the weights it was trained against: same logits as the 4-bit model."""
+    import bitsandbytes as bnb
+
+    from vlm_tune.modeling import load_for_inference
+
+    def load(dequantize):
+        model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), load_in_4bit=True, dtype="float32",
+                                 bnb_4bit_quant_type="nf4", use_bnb_nested_quant=True)
+        return load_for_inference(model_args, adapter=str(tiny_run_dir), do_image_splitting=False,
+                                  dequantize_on_cpu=dequantize)
+
+    kept, processor = load(False)
+    plain, _ = load(True)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in kept.modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in plain.modules())
+    assert not plain.training and not kept.training
+    lora = [n for n, _ in plain.named_parameters() if "lora_B" in n]
+    assert lora and any(p.abs().sum() > 0 for n, p in plain.named_parameters() if "lora_B" in n)  # the trained adapter
+    inputs = processor(text=["Hello there"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(kept(**inputs).logits, plain(**inputs).logits, atol=1e-4)

@@ -76,6 +76,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="caption at most N images this run (a rerun continues)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (decompression bombs)")
     p.add_argument("--load-in-4bit", type=_bool, help="NF4 base weights (default: as the adapter was trained)")
+    p.add_argument("--keep-4bit", action="store_true",
+                   help="CPU: keep the 4-bit layers (less memory) instead of dequantizing them (faster, same weights)")
     p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), help="compute dtype (auto: bf16 on GPU)")
     p.add_argument("--do-image-splitting", type=_bool, help="split images into tiles (default: as trained)")
     p.add_argument("--image-longest-edge", type=int, help="resize images to this longest edge (default: as trained)")
@@ -222,7 +224,7 @@ def metadata_value(lines: list[str]):
 def load_captioner(args, trained: dict):
     from trl import ModelConfig
 
-    from vlm_tune.modeling import load_model, load_processor
+    from vlm_tune.modeling import load_for_inference
 
     model_name = args.model or trained.get("model_name_or_path")
     if not model_name:
@@ -237,14 +239,8 @@ def load_captioner(args, trained: dict):
     )
     splitting = args.do_image_splitting if args.do_image_splitting is not None else trained.get("do_image_splitting")
     longest_edge = args.image_longest_edge or trained.get("image_longest_edge")
-    processor = load_processor(model_args, args.trust_remote_code, longest_edge, splitting)
-    model = load_model(model_args, args.trust_remote_code)
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter)
-    model.eval()
-    return model, processor
+    return load_for_inference(model_args, args.trust_remote_code, longest_edge, splitting, args.adapter,
+                              dequantize_on_cpu=not args.keep_4bit)
 
 
 def main(argv: list[str] | None = None) -> int:

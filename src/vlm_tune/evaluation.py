@@ -19,11 +19,10 @@ import evaluate
 from trl import SFTConfig
 
 from vlm_tune.data import answer_of, get_split, load_splits
-from vlm_tune.errors import UserError
 from vlm_tune.generation import generate_answers
 from vlm_tune.metrics import RELAXED_ACCURACY
 from vlm_tune.metrics.relaxed_accuracy.relaxed_accuracy import best_correctness
-from vlm_tune.modeling import load_model, load_processor
+from vlm_tune.modeling import load_for_inference
 from vlm_tune.recipes import parse_recipe
 
 
@@ -132,15 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     split_name = args.split or script_args.dataset_test_split
     splits = load_splits(script_args.dataset_name, script_args.dataset_config)
     split = get_split(splits, split_name, script_args.dataset_name, args.limit)
-    processor = load_processor(model_args, training_args.trust_remote_code, script_args.image_longest_edge,
-                               script_args.do_image_splitting)
-    model = load_model(model_args, training_args.trust_remote_code)
-    if args.adapter:
-        from peft import PeftModel
-
-        if not (Path(args.adapter) / "adapter_config.json").is_file():
-            raise UserError(f"no LoRA adapter in {args.adapter} (adapter_config.json missing)")
-        model = PeftModel.from_pretrained(model, args.adapter)
+    model, processor = load_for_inference(model_args, training_args.trust_remote_code, script_args.image_longest_edge,
+                                          script_args.do_image_splitting, args.adapter)
     output_dir = Path(args.output_dir or (Path(args.adapter) / f"eval-{split_name}" if args.adapter
                                           else Path("runs") / f"eval-base-{split_name}"))
     records, metrics = evaluate_split(model, processor, split, script_args.system_prompt, args.batch_size,
