@@ -112,4 +112,8 @@ def test_resume_after_kill_reaches_planned_steps(tiny_model_dir, tiny_chartqa_di
     state = json.loads((out / "trainer_state.json").read_text())
     logged_steps = [e["step"] for e in state["log_history"] if "loss" in e]
     assert logged_steps == [1, 2, 3, 4, 5, 6]  # steps 1–2 from before the kill, 3–6 after resuming
+    # the summary speaks for the whole run, not only the 4 steps of the resumed process
+    assert summary["resumed_from_step"] == 2
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert summary["train_loss"] == pytest.approx(sum(losses) / 6)
     assert (out / "adapter_model.safetensors").is_file()

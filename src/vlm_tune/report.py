@@ -110,11 +110,13 @@ def plot_curves(curves: list[tuple[str, list[int], list[float], str]], title: st
 
     fig = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
     ax = fig.subplots()
-    colors = {}
+    bases = list(dict.fromkeys(label.rsplit(" (", 1)[0] for label, *_ in curves))  # 'run (eval)' goes with 'run'
     for label, steps, values, style in curves:
-        base = label.rsplit(" (", 1)[0]  # 'run (eval)' shares the colour of 'run'
-        color = colors.setdefault(base, f"C{len(colors) % 10}")
-        ax.plot(steps, values, style, label=label, color=color, linewidth=1.6, markersize=3.5)
+        k = bases.index(label.rsplit(" (", 1)[0])
+        # Earlier runs drawn wider, later ones narrower on top: runs whose curves coincide (same learning
+        # rate, say) stay visible as a coloured line inside a coloured band instead of hiding each other.
+        width = 1.4 + 2.4 * (len(bases) - 1 - k) / max(len(bases) - 1, 1)
+        ax.plot(steps, values, style, label=label, color=f"C{k % 10}", linewidth=width, markersize=3.5 + width / 2)
     if logy and all(v > 0 for _, _, values, _ in curves for v in values):
         ax.set_yscale("log")
     if unit_range:  # accuracies: a flat 0 % line must not look like a flat 90 % one

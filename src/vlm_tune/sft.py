@@ -147,6 +147,7 @@ def train_and_save(trainer, training_args, model_args, after_training=None) -> d
     """Train, save adapter + processor, metrics and trainer state; return the run summary.
     `after_training(trainer)` runs between training and saving (e.g. DPO's 'after' score)."""
     trainable, total = count_parameters(trainer.model)
+    resumed_from = checkpoint_step(training_args)
     started = time.perf_counter()
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_seconds = time.perf_counter() - started
@@ -168,10 +169,32 @@ def train_and_save(trainer, training_args, model_args, after_training=None) -> d
         "trainable_params": trainable,
         "total_params": total,
         "trainable_percent": 100.0 * trainable / max(total, 1),
-        "train_loss": float(metrics.get("train_loss", float("nan"))),
-        "train_seconds": train_seconds,
+        "train_loss": run_train_loss(trainer, metrics, resumed_from),
+        "train_seconds": train_seconds,  # this process only (a resumed run: the steps after resumed_from_step)
+        **({"resumed_from_step": resumed_from} if resumed_from is not None else {}),
         **peak_memory_mb(),
     }
+
+
+def checkpoint_step(training_args) -> int | None:
+    """The step a resumed run starts from (None: not resuming)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = training_args.resume_from_checkpoint
+    if not resume:
+        return None
+    checkpoint = get_last_checkpoint(training_args.output_dir) if resume is True else resume
+    state = Path(checkpoint or "") / "trainer_state.json"
+    return json.loads(state.read_text(encoding="utf-8"))["global_step"] if state.is_file() else None
+
+
+def run_train_loss(trainer, metrics: dict, resumed_from: int | None) -> float:
+    """Mean training loss of the whole run. After a resume the Trainer's train_loss averages only
+    the steps of this process (0 when nothing was left to do); the restored log history has them all."""
+    if resumed_from is None:
+        return float(metrics.get("train_loss", float("nan")))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return float(sum(losses) / len(losses)) if losses else float("nan")
 
 
 # --- job -------------------------------------------------------------------------------------
