@@ -4,6 +4,9 @@ logged every evaluation, and no token or key in any file a run writes."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +48,15 @@ def test_wandb_offline_tensorboard_validation_samples_and_no_secret_anywhere(
     for expected in (b"tiny-wandb-check", b"smoke", b"num_validation_samples", b"validation/samples"):
         assert expected in record, expected
     assert tracking.wandb_run() is None, "the W&B run must be finished at the end of sft"
+    # the validation tables (step 0 and step 1) as W&B tables, and a run `wandb sync` accepts for upload later
+    tables = sorted(runs[0].glob("files/media/table/validation/samples_*.table.json"))
+    assert len(tables) == 2, tables
+    table = json.loads(tables[-1].read_text())
+    assert table["columns"] == ["step", "image", "prompt", "reference", "prediction", "correct"]
+    assert len(table["data"]) == 2
+    synced = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run", str(runs[0])],
+                            capture_output=True, text=True, timeout=300)
+    assert synced.returncode == 0 and "Would sync 1 run" in synced.stdout + synced.stderr, synced.stderr[-1000:]
     # TensorBoard: event files in the run folder, not ./runs/DATE_HOST
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
