@@ -38,6 +38,17 @@ def positive_int(text: str) -> int:
 # --- build: every split rendered by a pool of workers, in row order ---
 
 
+def check_build_args(sizes: dict[str, int], seed: int, question_types, known: tuple[str, ...]) -> tuple[str, ...]:
+    """ValueError for negative sizes or seed, or question types outside `known`; the types as a tuple."""
+    if min(sizes.values()) < 0 or seed < 0:
+        raise ValueError(f"split sizes and seed must be non-negative, got {sizes} seed={seed}")
+    question_types = tuple(question_types)
+    unknown = [t for t in question_types if t not in known]
+    if unknown or not question_types:
+        raise ValueError(f"question types must be a non-empty subset of {', '.join(known)}, got {list(question_types)}")
+    return question_types
+
+
 def build_splits(
     sizes: dict[str, int], seed: int, extra: tuple, render_rows, num_proc: int, desc: str, unit: str, features,
     chunksize: int = 8,

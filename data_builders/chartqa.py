@@ -39,6 +39,7 @@ from PIL import Image
 from data_builders._common import (  # noqa: F401 (BUILD_INFO, read_build_info: ensure_assets reads them per builder)
     BUILD_INFO,
     build_splits,
+    check_build_args,
     is_nonempty,
     non_negative_int,
     positive_int,
@@ -411,12 +412,7 @@ def build_chartqa(
 ) -> datasets.DatasetDict:
     """Render the three splits (all drawn from the same question mix); identical output for any num_proc."""
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    if min(sizes.values()) < 0 or seed < 0:
-        raise ValueError(f"split sizes and seed must be non-negative, got {sizes} seed={seed}")
-    question_types = tuple(question_types)
-    unknown = [t for t in question_types if t not in QUESTION_TYPES]
-    if unknown or not question_types:
-        raise ValueError(f"question types must be a non-empty subset of {', '.join(QUESTION_TYPES)}, got {unknown}")
+    question_types = check_build_args(sizes, seed, question_types, QUESTION_TYPES)
     return build_splits(sizes, seed, (image_size, question_types), _render_row, num_proc, "chartqa", "img", FEATURES)
 
 

@@ -49,11 +49,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -74,7 +71,12 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from pyarrow import csv as pa_csv
 
-from data_builders._common import is_nonempty, non_negative_int, positive_int
+from data_builders._common import (
+    is_nonempty,
+    non_negative_int,
+    positive_int,
+    staged_replace,
+)
 
 # --- constants ---
 
@@ -1245,24 +1247,15 @@ def save_pairs(dataset_dict: datasets.DatasetDict, report: dict, output_dir, ove
     An interrupted run leaves output_dir as it was; an existing non-empty output_dir is only
     replaced with overwrite=True (FileExistsError otherwise).
     """
-    output = Path(output_dir)
-    if is_nonempty(output) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        target = staging / "out"
+
+    def write(target: Path) -> None:
         dataset_dict.save_to_disk(str(target))
         margins = np.concatenate([np.asarray(ds["margin"], dtype=np.float64) for ds in dataset_dict.values()])
         _margin_histogram(margins, report["margin_stats"]["units"], target / "margin_hist.png")
         (target / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (target / "report.md").write_text(render_report_md(report), encoding="utf-8")
-        if output.exists() or output.is_symlink():
-            os.replace(output, staging / "old")  # removed with the staging dir below
-        os.replace(target, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return output
+
+    return staged_replace(Path(output_dir), overwrite, write)
 
 
 # --- command line ---

@@ -52,6 +52,7 @@ from PIL import Image, ImageDraw
 from data_builders._common import (  # noqa: F401 (BUILD_INFO, read_build_info: ensure_assets reads them per builder)
     BUILD_INFO,
     build_splits,
+    check_build_args,
     is_nonempty,
     non_negative_int,
     positive_int,
@@ -298,14 +299,6 @@ def _render_rows(task: tuple[int, str, int, int, tuple[str, ...]]) -> list[dict]
     ]
 
 
-def _check_types(question_types) -> tuple[str, ...]:
-    question_types = tuple(question_types)
-    unknown = [t for t in question_types if t not in QUESTION_TYPES]
-    if unknown or not question_types:
-        raise ValueError(f"question types must be a non-empty subset of {', '.join(QUESTION_TYPES)}, got {list(question_types)}")
-    return question_types
-
-
 def build_scenes(
     n_train: int,
     n_val: int,
@@ -317,11 +310,9 @@ def build_scenes(
 ) -> datasets.DatasetDict:
     """Render the three splits (sizes in scenes; one row per scene and question type); same output for any num_proc."""
     sizes = {"train": n_train, "val": n_val, "test": n_test}
-    if min(sizes.values()) < 0 or seed < 0:
-        raise ValueError(f"split sizes and seed must be non-negative, got {sizes} seed={seed}")
+    question_types = check_build_args(sizes, seed, question_types, QUESTION_TYPES)
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 px, got {image_size}")
-    question_types = _check_types(question_types)
     return build_splits(sizes, seed, (image_size, question_types), _render_rows, num_proc, "scenes", "scene", FEATURES,
                         chunksize=16)
 
