@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from vlm_tune.caption import DEFAULT_PROMPTS
-from vlm_tune.generation import generate_answers, prompt_text
-from vlm_tune.image_files import find_images, open_image
+from vlm_tune.core.prompts import DEFAULT_PROMPTS
+from vlm_tune.core.generation import generate_answers, prompt_text
+from vlm_tune.core.images import find_images, open_image
 
 
 def sample_images(n: int, seed: int = 0) -> list[Image.Image]:
@@ -65,11 +65,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-4bit", action="store_true", help="CPU: keep bitsandbytes' 4-bit layers (vlm-tune caption --keep-4bit)")
     args = parser.parse_args(argv)
 
-    from vlm_tune.caption import load_captioner, training_settings
+    from vlm_tune.caption.captioner import load_captioner, training_settings
 
     adapter = args.adapter if args.adapter and (Path(args.adapter) / "adapter_config.json").is_file() else None
     if not Path(args.model).is_dir():
-        from vlm_tune.tiny_model import make_tiny_model
+        from vlm_tune.core.tiny_model import make_tiny_model
 
         make_tiny_model(args.model, seed=0)
     caption_args = argparse.Namespace(model=args.model, adapter=adapter, load_in_4bit=None, dtype=None,

@@ -55,8 +55,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # --- architectures ---------------------------------------------------------------------------
-# tiny: the project's embedded model (vlm_tune.tiny_model). The others: SmolVLM architectures at
-# their published sizes (vlm_tune.plan.KNOWN_MODELS: SmolLM2 text + SigLIP vision, scale factor,
+# tiny: the project's embedded model (vlm_tune.core.tiny_model). The others: SmolVLM architectures at
+# their published sizes (vlm_tune.plan.command.KNOWN_MODELS: SmolLM2 text + SigLIP vision, scale factor,
 # processor tile sizes), random weights, a stand-in tokenizer (text-token counts approximate, image
 # tokens exact), built here because no hub is reachable.
 ARCHS = {
@@ -75,13 +75,13 @@ DEFAULT_SIZES = {"cpu": (400, 2), "cuda": (320, 1)}  # rows, epochs: ≤ ~4 min 
 
 def build_model(arch: str, folder: Path, device: str) -> None:
     if arch == "tiny":
-        from vlm_tune.tiny_model import make_tiny_model
+        from vlm_tune.core.tiny_model import make_tiny_model
 
         make_tiny_model(folder, seed=0, overwrite=True)
         return
     from transformers import GenerationConfig, Idefics3ForConditionalGeneration
 
-    from vlm_tune.plan import known_config, stand_in_processor
+    from vlm_tune.plan.command import known_config, stand_in_processor
 
     config = known_config(ARCHS[arch]["hub"])
     processor = stand_in_processor(config)
@@ -114,10 +114,10 @@ def build_data(folder: Path, rows: int, image_size: int, question_types) -> None
 
 def formatted_rows(data_dir: Path, rows: int, system_prompt: str | None):
     """The rows exactly as `vlm-tune sft` formats them (the same function)."""
-    from vlm_tune.data import format_chartqa, get_split, load_splits
+    from vlm_tune.data.rows import to_prompt_completion, get_split, load_splits
 
     split = get_split(load_splits(str(data_dir)), "train", str(data_dir), rows)
-    return format_chartqa(split, system_prompt, f"{data_dir} [train]")
+    return to_prompt_completion(split, system_prompt, f"{data_dir} [train]")
 
 
 def export_for_trl(formatted, folder: Path) -> None:
@@ -130,7 +130,7 @@ def export_for_trl(formatted, folder: Path) -> None:
 def parse_our_recipe(recipe: str, overrides: list[str]):
     from trl import SFTConfig
 
-    from vlm_tune.recipes import parse_recipe
+    from vlm_tune.core.config import parse_recipe
 
     return parse_recipe(["--config", recipe, *overrides], SFTConfig)
 
@@ -141,7 +141,7 @@ def lora_module_names(model_dir: Path, scope: str, names: list[str] | None) -> l
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vlm_tune.modeling import lora_target_regex
+    from vlm_tune.core.modeling import lora_target_regex
 
     with init_empty_weights():
         model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
@@ -192,7 +192,7 @@ def trl_config(script_args, training_args, model_args, *, model_dir: Path, data_
 def our_argv(recipe: str, *, model_dir: Path, data_dir: Path, out: Path, rows: int, steps: int,
              logging_steps: int) -> list[str]:
     """`vlm-tune sft` on the bench's model and data: the recipe, training only (no eval, no saves)."""
-    from vlm_tune.recipes import VlmScriptArguments
+    from vlm_tune.core.config import VlmScriptArguments
 
     argv = ["--config", recipe, "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir),
             "--build_tiny_model", "false", "--synthetic_dataset", "false", "--max_train_samples", str(rows),
@@ -254,7 +254,7 @@ def epoch_work(processor, formatted) -> dict:
 
 
 def budget_of(model_dir: Path, script_args, model_args, formatted) -> dict:
-    from vlm_tune.modeling import load_processor
+    from vlm_tune.core.modeling import load_processor
 
     model_args = copy.copy(model_args)
     model_args.model_name_or_path = str(model_dir)
@@ -416,7 +416,7 @@ def bench_arch(arch: str, args, workdir: Path) -> list[dict]:
     trl_data = workdir / "data" / f"trl-{arch}-{rows}"
     export_for_trl(formatted, trl_data)
 
-    from vlm_tune.modeling import resolve_dtype
+    from vlm_tune.core.modeling import resolve_dtype
 
     dtype = str(resolve_dtype(model_args)).removeprefix("torch.")
     targets = lora_module_names(model_dir, script_args.lora_scope, model_args.lora_target_modules)

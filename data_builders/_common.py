@@ -79,7 +79,7 @@ BUILD_INFO = "synthetic_build.json"  # the settings a saved dataset was built wi
 
 
 def build_info(builder: str, sizes, seed: int, image_size: int, question_types, version: int | None = None) -> dict:
-    """What vlm_tune.sft.ensure_assets compares to decide a saved dataset is this recipe's (else: stale)."""
+    """What vlm_tune.data.assets.ensure_assets compares to decide a saved dataset is this recipe's (else: stale)."""
     info = {"builder": builder, "sizes": list(sizes), "seed": seed, "image_size": image_size,
             "question_types": list(question_types)}
     if version is not None:  # bumped when the builder's output changes for the same settings

@@ -474,7 +474,7 @@ def _parse_args(argv) -> argparse.Namespace:
     return args
 
 
-# The names vlm_tune.sft.ensure_assets looks for in every synthetic builder.
+# The names vlm_tune.data.assets.ensure_assets looks for in every synthetic builder.
 build, save = build_chartqa, save_chartqa
 
 

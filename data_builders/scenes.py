@@ -3,7 +3,7 @@
 A scene is a coloured background with one or two big shapes (each with a colour and a place) drawn
 in one of a few styles that show in the pixels (flat fill, outline only, striped, grainy). Every
 scene becomes two rows with the same image: a one-sentence caption and a comma-separated tag list,
-asked with the captioner's own default prompts (`vlm_tune.caption.DEFAULT_PROMPTS`), so the tiny
+asked with the captioner's own default prompts (`vlm_tune.caption.captioner.DEFAULT_PROMPTS`), so the tiny
 model trained on them is exactly what `vlm-tune caption` runs by default.
 
 Because the builder knows what it drew, captions can be scored without a human: a caption (either
@@ -61,8 +61,8 @@ from data_builders._common import (  # noqa: F401 (BUILD_INFO, read_build_info: 
     staged_replace,
 )
 from data_builders._common import build_info as common_build_info
-from vlm_tune.caption import DEFAULT_PROMPTS
-from vlm_tune.errors import UserError
+from vlm_tune.core.prompts import DEFAULT_PROMPTS
+from vlm_tune.core.errors import UserError
 
 # --- vocabularies ---
 
@@ -335,7 +335,7 @@ def save_scenes(dataset_dict: datasets.DatasetDict, output_dir, overwrite: bool 
     return save_dataset(dataset_dict, output_dir, overwrite, info)
 
 
-# The names vlm_tune.sft.ensure_assets looks for in every synthetic builder.
+# The names vlm_tune.data.assets.ensure_assets looks for in every synthetic builder.
 build, save = build_scenes, save_scenes
 
 
@@ -581,7 +581,7 @@ def evaluate_captioner(model, processor, split: datasets.Dataset, batch_size: in
                        system_prompt: str | None = None) -> tuple[list[dict], dict]:
     """Generate every row's answer (the caption and the tags of each scene, with the rows' prompts)
     and score them per scene. Returns (records, scores)."""
-    from vlm_tune.generation import generate_answers
+    from vlm_tune.core.generation import generate_answers
 
     predictions = generate_answers(model, processor, list(split["image"]), list(split["query"]), system_prompt,
                                    batch_size=batch_size, max_new_tokens=max_new_tokens, desc="Captioning")
@@ -614,9 +614,9 @@ def text_only_prior(train: datasets.Dataset) -> dict[str, str]:
 def _evaluate_main(args) -> int:
     from trl import SFTConfig
 
-    from vlm_tune.data import load_splits
-    from vlm_tune.modeling import load_for_inference
-    from vlm_tune.recipes import parse_recipe
+    from vlm_tune.data.rows import load_splits
+    from vlm_tune.core.modeling import load_for_inference
+    from vlm_tune.core.config import parse_recipe
 
     script_args, training_args, model_args, _ = parse_recipe(["--config", args.config, *args.recipe_overrides], SFTConfig)
     splits = load_splits(script_args.dataset_name)

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import sft_argv
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach for the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
-
-REPO = Path(__file__).resolve().parents[1]
-TINY_RECIPE = REPO / "recipes" / "tiny" / "sft_chartqa.yaml"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from vlm_tune.tiny_model import make_tiny_model
+    from vlm_tune.core.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-smolvlm", seed=0)
 
@@ -41,26 +40,10 @@ def tiny_chartqa_dir(tmp_path_factory) -> Path:
     return path
 
 
-def sft_argv(model_dir, data_dir, output_dir, *extra: str) -> list[str]:
-    """The tiny default recipe pointed at the session fixtures, made short."""
-    return [
-        "--config", str(TINY_RECIPE),
-        "--model_name_or_path", str(model_dir),
-        "--dataset_name", str(data_dir),
-        "--output_dir", str(output_dir),
-        "--build_tiny_model", "false",
-        "--synthetic_dataset", "false",
-        "--logging_steps", "1",
-        "--disable_tqdm", "true",
-        "--num_validation_samples", "0",  # tests that check validation samples ask for them
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory, tiny_model_dir, tiny_chartqa_dir) -> Path:
     """A 3-step tiny QLoRA run: an adapter to evaluate and load."""
-    from vlm_tune import sft
+    from vlm_tune.train import sft
 
     out = tmp_path_factory.mktemp("runs") / "tiny-run"
     sft.main(sft_argv(tiny_model_dir, tiny_chartqa_dir, out, "--max_steps", "3", "--save_strategy", "no"))

@@ -11,7 +11,7 @@ import torch
 
 from vlm_tune.cli import main
 
-from conftest import REPO, sft_argv
+from helpers import REPO, sft_argv
 
 
 def _error(capsys, argv) -> str:
@@ -71,7 +71,7 @@ def test_real_recipe_without_hub_fails_fast_and_clearly():
 
 @pytest.mark.gpu
 def test_tiny_qlora_sft_on_cuda_bf16(tmp_path, tiny_model_dir, tiny_chartqa_dir):
-    from vlm_tune import sft
+    from vlm_tune.train import sft
 
     summary = sft.main(sft_argv(tiny_model_dir, tiny_chartqa_dir, tmp_path / "gpu", "--max_steps", "3",
                                 "--bf16", "true", "--save_strategy", "no"))
