@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlm_tune import cli
 from vlm_tune.runs.compare import config_differences
-from vlm_tune.report.run_report import load_run
+from vlm_tune.report.run import load_run
 
 
 def make_run(path: Path, learning_rate: float = 1e-3, seed: int = 42, final_loss: float = 0.5,

@@ -19,22 +19,14 @@ import statistics
 import sys
 from pathlib import Path
 
-from vlm_tune.core.io import atomic_write_text
+from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
-from vlm_tune.report.run_report import (
-    ArgParser,
-    Img,
-    Mark,
-    Page,
-    Run,
-    fmt,
-    last,
-    load_run,
-    pct,
-    plot_curves,
-    series,
-)
-from vlm_tune.core.runfiles import ACCURACY_KEY
+from vlm_tune.core.io import atomic_write_text
+from vlm_tune.core.markdown import fmt, pct
+from vlm_tune.core.runfiles import ACCURACY_KEY, VALIDATION_DIR
+from vlm_tune.report.page import Img, Mark, Page
+from vlm_tune.report.plots import plot_curves
+from vlm_tune.report.run import Run, last, load_run, series
 
 IDENTITY_KEYS = {"output_dir", "run_name", "run_tags", "logging_dir", "resume_from_checkpoint"}
 MISSING = "–"  # a key one recipe sets and another leaves at its default
@@ -131,7 +123,7 @@ def gallery_png(runs: list[Run], labels: list[str], path: Path, max_rows: int = 
     for row, index in enumerate(indices):
         record = samples[0][index]
         ax = fig.add_subplot(grid[row, 0])
-        ax.imshow(Image.open(run0.path / "validation" / record["image"]))
+        ax.imshow(Image.open(run0.path / VALIDATION_DIR / record["image"]))
         ax.set_axis_off()
         text = fig.add_subplot(grid[row, 1])
         text.set_axis_off()
@@ -155,7 +147,7 @@ def gallery_rows(runs: list[Run], labels: list[str]) -> tuple[list[str], list[li
     rows = []
     for index in indices:
         record = samples[0][index]
-        rows.append([index, Img(run0.path / "validation" / record["image"], f"sample {index}", width=112),
+        rows.append([index, Img(run0.path / VALIDATION_DIR / record["image"], f"sample {index}", width=112),
                      record["prompt"], record["reference"]]
                     + [Mark(s[index]["prediction"] or "(empty)", s[index]["correct"]) for s in samples])
     steps = [f"{label} (step {max(run.validation)})" for run, label in zip(runs, labels)]

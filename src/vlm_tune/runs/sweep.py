@@ -30,9 +30,10 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlm_tune.core.io import atomic_write_text
+from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
-from vlm_tune.report.run_report import ArgParser, fmt
+from vlm_tune.core.io import atomic_write_text
+from vlm_tune.core.markdown import fmt
 from vlm_tune.core.secrets import scrub_argv, scrub_text, secret_values
 from vlm_tune.runs.commands import JOBS, entry_point
 
@@ -178,6 +179,27 @@ def launch_in_process(job: str, argv: list[str]) -> int:
     return 0
 
 
+def run_point(job: str, argv: list[str], run: dict, run_dir: Path, in_process: bool, save) -> int:
+    """Train one point, keeping its record in sweep.json current (`save`) from start to exit code; a Ctrl-C
+    marks it interrupted and ends the sweep. Return the job's exit code."""
+    run.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
+    save()
+    started = time.perf_counter()
+    try:
+        if in_process:
+            code = launch_in_process(job, argv)
+        else:
+            code = launch_subprocess([sys.executable, "-m", "vlm_tune", job, *argv], run_dir / "sweep.log")
+    except KeyboardInterrupt:
+        run.update(status="interrupted", seconds=round(time.perf_counter() - started, 1))
+        save()
+        raise
+    run.update(returncode=code, seconds=round(time.perf_counter() - started, 1),
+               status="finished" if code == 0 and is_finished(run_dir) else "failed")
+    save()
+    return code
+
+
 # --- sweep -----------------------------------------------------------------------------------
 def _read_state(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -242,21 +264,7 @@ def run_sweep(config: str, grid: dict[str, list[str]], sweep_dir: str | Path, ov
             continue
         print(f"\n=== sweep run {number}/{len(points)}: {point.name} ({', '.join(f'{k}={v}' for k, v in point.params.items())}"
               f"{', seed ' + str(run['seed']) if run['seed'] is not None else ''}) ===", flush=True)
-        run.update(status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"))
-        save()
-        started = time.perf_counter()
-        try:
-            if in_process:
-                code = launch_in_process(job, argv)
-            else:
-                code = launch_subprocess([sys.executable, "-m", "vlm_tune", job, *argv], run_dir / "sweep.log")
-        except KeyboardInterrupt:
-            run.update(status="interrupted", seconds=round(time.perf_counter() - started, 1))
-            save()
-            raise
-        run.update(returncode=code, seconds=round(time.perf_counter() - started, 1),
-                   status="finished" if code == 0 and is_finished(run_dir) else "failed")
-        save()
+        code = run_point(job, argv, run, run_dir, in_process, save)
         if run["status"] == "failed":
             print(f"sweep run {point.name} failed (exit code {code}); going on with the next one", file=sys.stderr)
 
