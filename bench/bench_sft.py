@@ -56,7 +56,7 @@ BIN = Path(sys.executable).parent
 
 # --- architectures ---------------------------------------------------------------------------
 # tiny: the project's embedded model (vlm_tune.core.tiny_model). The others: SmolVLM architectures at
-# their published sizes (vlm_tune.plan.command.KNOWN_MODELS: SmolLM2 text + SigLIP vision, scale factor,
+# their published sizes (vlm_tune.plan.models.KNOWN_MODELS: SmolLM2 text + SigLIP vision, scale factor,
 # processor tile sizes), random weights, a stand-in tokenizer (text-token counts approximate, image
 # tokens exact), built here because no hub is reachable.
 ARCHS = {
@@ -81,7 +81,7 @@ def build_model(arch: str, folder: Path, device: str) -> None:
         return
     from transformers import GenerationConfig, Idefics3ForConditionalGeneration
 
-    from vlm_tune.plan.command import known_config, stand_in_processor
+    from vlm_tune.plan.models import known_config, stand_in_processor
 
     config = known_config(ARCHS[arch]["hub"])
     processor = stand_in_processor(config)

@@ -21,7 +21,8 @@ LAYERS = [
     ("core", ["vlm_tune", "vlm_tune.core", "vlm_tune.metrics"]),
     ("data_builders", ["data_builders"]),
     ("data", ["vlm_tune.data", "vlm_tune.report"]),
-    ("jobs", ["vlm_tune.train", "vlm_tune.eval", "vlm_tune.caption", "vlm_tune.plan", "vlm_tune.rate"]),
+    ("jobs", ["vlm_tune.train", "vlm_tune.eval", "vlm_tune.caption", "vlm_tune.plan", "vlm_tune.rate",
+              "vlm_tune.export"]),
     ("runs", ["vlm_tune.runs"]),
     ("cli", ["vlm_tune.cli", "vlm_tune.__main__"]),
 ]

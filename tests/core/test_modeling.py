@@ -1,4 +1,5 @@
-"""LoRA scopes never reach the vision tower by accident; machine checks fail in one line."""
+"""LoRA scopes never reach the vision tower by accident; machine checks fail in one line; the shared
+helpers (dtype, image budget, 4-bit-aware counts, hub names and errors) give one answer."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from transformers import AutoModelForImageTextToText
 from trl import ModelConfig
 
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.modeling import build_lora_config, check_machine, lora_target_regex
+from vlm_tune.core.hub import hub_error, is_hub_id
+from vlm_tune.core.modeling import (
+    build_lora_config,
+    check_machine,
+    count_parameters,
+    lora_target_regex,
+    resolve_dtype,
+    set_image_budget,
+    stored_values,
+)
 
 
 def _adapted(model_dir, scope, names=None):
@@ -134,3 +144,43 @@ def test_cpu_inference_dequantizes_the_4bit_base_to_the_same_weights(tiny_model_
     inputs = processor(text=["Hello there"], return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(kept(**inputs).logits, plain(**inputs).logits, atol=1e-4)
+
+
+# --- shared helpers --------------------------------------------------------------------------
+def test_dtype_for_this_or_another_machine():
+    assert resolve_dtype(ModelConfig(dtype="auto"), bf16_gpu=True) == torch.bfloat16
+    assert resolve_dtype(ModelConfig(dtype="auto"), bf16_gpu=False) == torch.float32
+    assert resolve_dtype(ModelConfig(dtype="float16"), bf16_gpu=True) == torch.float16  # the recipe's wins
+    if not torch.cuda.is_available():
+        assert resolve_dtype(ModelConfig()) == torch.float32
+
+
+def test_image_budget_sets_only_what_the_recipe_names():
+    class Processor:
+        image_processor = type("ImageProcessor", (), {"size": {"longest_edge": 2048}, "do_image_splitting": True})()
+
+    processor = set_image_budget(Processor())
+    assert processor.image_processor.size == {"longest_edge": 2048} and processor.image_processor.do_image_splitting
+    set_image_budget(processor, 512, False)
+    assert processor.image_processor.size == {"longest_edge": 512} and not processor.image_processor.do_image_splitting
+
+
+def test_4bit_weights_count_the_values_they_store():
+    class Params4bit(torch.nn.Parameter):  # bitsandbytes' class name; two 4-bit values per byte
+        pass
+
+    packed = Params4bit(torch.zeros(6, dtype=torch.uint8), requires_grad=False)
+    plain = torch.nn.Parameter(torch.zeros(3, 4))
+    assert stored_values(packed) == 12 and stored_values(plain) == 12
+    model = torch.nn.Module()
+    model.packed, model.plain = packed, plain
+    assert count_parameters(model) == (12, 24)
+
+
+def test_hub_ids_and_the_one_line_hub_error():
+    assert is_hub_id("HuggingFaceTB/SmolVLM-256M-Instruct")
+    assert not any(is_hub_id(n) for n in ("./a/b", "/a/b", "~/a", "model", "a/b/c"))
+    error = hub_error("'a/b'", OSError("boom\nmore"), "folder", "run it")
+    assert str(error) == ("cannot load 'a/b': not a local folder and the Hugging Face Hub did not provide it (boom). "
+                          "Where the hub is reachable run it")
+    assert "(OSError)" in str(hub_error("'a/b'", OSError(""), "folder", "x"))

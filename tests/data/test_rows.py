@@ -13,7 +13,7 @@ from PIL import Image
 from transformers import AutoProcessor
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from vlm_tune.data.rows import to_prompt_completion, get_split, load_splits
+from vlm_tune.data.rows import format_row, get_split, load_splits, to_prompt_completion
 from vlm_tune.core.errors import UserError
 
 HUB_FEATURES = datasets.Features(
@@ -118,3 +118,11 @@ def test_unreadable_image_names_the_row(tmp_path):
     split = get_split(load_splits(str(tmp_path / "bad.parquet")), "train", "bad")
     with pytest.raises(UserError, match=r"bad.parquet \[train\] row 2: unreadable image"):
         to_prompt_completion(split, None, f"{tmp_path / 'bad.parquet'} [train]")
+
+
+def test_bad_label_names_the_row():
+    row = {"image": {"bytes": _png(), "path": None}, "query": "q", "label": 7}
+    with pytest.raises(UserError, match=r"^x \[train\] row 4: bad label 7 \(") as excinfo:
+        format_row(row, None, "x [train]", 4)
+    assert "\n" not in str(excinfo.value)
+    assert format_row(dict(row, label=["7"]), None, "x [train]", 4)["completion"][0]["content"] == "7"

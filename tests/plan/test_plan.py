@@ -81,3 +81,9 @@ def test_bad_model_config_is_one_line(tmp_path):
     with pytest.raises(UserError, match="no model_type") as excinfo:
         plan.plan(["--config", str(REPO / "recipes/smolvlm-256m/sft_chartqa.yaml"), "--model_config", str(bad)])
     assert "\n" not in str(excinfo.value)
+
+
+def test_bad_plan_option_is_one_line():
+    with pytest.raises(UserError, match="vlm-tune plan: argument --target") as excinfo:
+        plan.plan(["--config", str(REPO / "recipes/smolvlm-256m/sft_chartqa.yaml"), "--target", "tpu"])
+    assert "\n" not in str(excinfo.value)

@@ -23,7 +23,7 @@ class ArgParser(argparse.ArgumentParser):
             if name.startswith("--"):
                 underscored = "--" + name[2:].replace("-", "_")
                 dashed = "--" + name[2:].replace("_", "-")
-                spelled += [n for n in (underscored, dashed) if n not in spelled]
+                spelled += [n for n in dict.fromkeys((underscored, dashed)) if n not in spelled]
             else:
                 spelled.append(name)
         if spelled and spelled[0].startswith("--") and "dest" not in kwargs:

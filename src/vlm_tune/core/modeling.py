@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.hub import offline_unless_reachable
+from vlm_tune.core.hub import hub_error, is_hub_id, offline_unless_reachable
 
 # --- LoRA scopes -----------------------------------------------------------------------------
 # Module paths of Idefics3ForConditionalGeneration (SmolVLM): model.text_model / connector / vision_model.
@@ -61,11 +61,14 @@ def check_machine(resolved: dict, model_args: ModelConfig) -> None:
         raise UserError(f"{flag}: true needs bitsandbytes (pip install bitsandbytes), or set {flag}: false")
 
 
-def resolve_dtype(model_args: ModelConfig) -> torch.dtype:
-    """bf16 on a CUDA GPU that has it, fp32 on CPU, unless the recipe names a dtype."""
+def resolve_dtype(model_args: ModelConfig, bf16_gpu: bool | None = None) -> torch.dtype:
+    """bf16 on a CUDA GPU that has it, fp32 on CPU, unless the recipe names a dtype. `bf16_gpu` answers
+    "a bf16 GPU?" for a machine other than this one (`vlm-tune plan --target`); None: this machine."""
     if model_args.dtype in (None, "auto"):
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, model_args.dtype)
+        if bf16_gpu is None:
+            bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16_gpu else torch.float32
+    return getattr(torch, str(model_args.dtype).removeprefix("torch."))
 
 
 # --- multi-process placement -----------------------------------------------------------------
@@ -92,16 +95,19 @@ def match_quant_storage(model_args: ModelConfig, dtype: torch.dtype, backend: st
 
 
 # --- load ------------------------------------------------------------------------------------
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") != 1 or os.path.exists(name)
-
-
 def _hub_error(name: str, exc: Exception) -> UserError:
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    return UserError(
-        f"cannot load '{name}': not a local folder and the Hugging Face Hub did not provide it ({reason}). "
-        f"Where the hub is reachable run `hf download {name} --local-dir DIR` and set model_name_or_path: DIR"
-    )
+    return hub_error(f"'{name}'", exc, "folder",
+                     f"run `hf download {name} --local-dir DIR` and set model_name_or_path: DIR")
+
+
+def set_image_budget(processor, image_longest_edge: int | None = None, do_image_splitting: bool | None = None):
+    """The recipe's image budget on a processor: longest edge in px and tiling (None keeps the processor's)."""
+    image_processor = processor.image_processor
+    if image_longest_edge is not None:
+        image_processor.size = {"longest_edge": image_longest_edge}
+    if do_image_splitting is not None:
+        image_processor.do_image_splitting = do_image_splitting
+    return processor
 
 
 def load_processor(
@@ -115,9 +121,10 @@ def load_processor(
     name = model_args.model_name_or_path
     if not name:
         raise UserError("model_name_or_path is not set in the recipe")
-    if _looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
+    local = not is_hub_id(name) or os.path.exists(name)
+    if local and not os.path.isdir(os.path.expanduser(name)):
         raise UserError(f"model path not found: {name}")
-    if not _looks_local(name):
+    if not local:
         offline_unless_reachable()
     try:
         processor = AutoProcessor.from_pretrained(
@@ -125,12 +132,7 @@ def load_processor(
         )
     except OSError as exc:
         raise _hub_error(name, exc) from None
-    image_processor = processor.image_processor
-    if image_longest_edge is not None:
-        image_processor.size = {"longest_edge": image_longest_edge}
-    if do_image_splitting is not None:
-        image_processor.do_image_splitting = do_image_splitting
-    return processor
+    return set_image_budget(processor, image_longest_edge, do_image_splitting)
 
 
 def load_model(model_args: ModelConfig, trust_remote_code: bool = False, train_vision_tower: bool = False):
@@ -246,12 +248,23 @@ def keep_adapters_fp32(model) -> None:
             param.data = param.data.float()
 
 
+# --- parameter counts ------------------------------------------------------------------------
+def is_4bit(param: torch.Tensor) -> bool:
+    """A bitsandbytes 4-bit weight (Params4bit), without importing bitsandbytes."""
+    return param.__class__.__name__ == "Params4bit"
+
+
+def stored_values(param: torch.Tensor) -> int:
+    """Number of weight values a parameter holds: a 4-bit weight packs two per byte, whatever the storage
+    dtype (uint8, or bf16 for FSDP-QLoRA)."""
+    return param.numel() * 2 * param.element_size() if is_4bit(param) else param.numel()
+
+
 def count_parameters(model) -> tuple[int, int]:
-    """(trainable, total) — 4-bit weights count as the number of values they store (two per byte,
-    whatever the storage dtype: uint8, or bf16 for FSDP-QLoRA)."""
+    """(trainable, total), 4-bit weights counted as the values they store (`stored_values`)."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel() * (2 * param.element_size() if param.__class__.__name__ == "Params4bit" else 1)
+        n = stored_values(param)
         total += n
         trainable += n if param.requires_grad else 0
     return trainable, total

@@ -10,12 +10,12 @@ checkpoint. Deterministic for a seed.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
 
 # --- sizes -----------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def make_tiny_model(output: str | os.PathLike, seed: int = 0, overwrite: bool = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vlm-tune make-tiny-model", description=__doc__.split("\n\n")[0])
+    parser = ArgParser(prog="vlm-tune make-tiny-model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="folder to write (HF format)")
     parser.add_argument("--seed", type=int, default=0, help="weight-init seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")

@@ -15,7 +15,7 @@ import datasets
 from PIL import Image
 
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.hub import offline_unless_reachable
+from vlm_tune.core.hub import hub_error, is_hub_id, offline_unless_reachable
 from vlm_tune.core.prompts import prompt_messages
 
 REQUIRED_COLUMNS = ("image", "query", "label")
@@ -36,18 +36,15 @@ def load_splits(dataset_name: str, dataset_config: str | None = None) -> dataset
             return datasets.load_dataset(str(path), dataset_config)
     except (OSError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
         raise UserError(f"cannot read dataset {dataset_name}: {str(exc).splitlines()[0]}") from None
-    if dataset_name.startswith((".", "/", "~")) or dataset_name.count("/") != 1:
+    if not is_hub_id(dataset_name):
         raise UserError(f"dataset not found: {dataset_name}")
     offline_unless_reachable()
     try:
         return datasets.load_dataset(dataset_name, dataset_config)
     except Exception as exc:  # hub errors come in many types (connection, auth, not found)
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise UserError(
-            f"cannot load dataset '{dataset_name}': not a local path and the Hugging Face Hub did not provide it "
-            f"({reason}). Where the hub is reachable save it with `datasets.load_dataset('{dataset_name}')"
-            f".save_to_disk(DIR)` and set dataset_name: DIR"
-        ) from None
+        raise hub_error(f"dataset '{dataset_name}'", exc, "path",
+                        f"save it with `datasets.load_dataset('{dataset_name}').save_to_disk(DIR)` "
+                        f"and set dataset_name: DIR") from None
 
 
 def get_split(splits: datasets.DatasetDict, split: str, dataset_name: str, limit: int | None = None) -> datasets.Dataset:
@@ -88,25 +85,37 @@ def answer_of(label) -> str:
     return str(answers[0]).strip()
 
 
-def to_prompt_completion(dataset: datasets.Dataset, system_prompt: str | None, where: str) -> datasets.Dataset:
-    """ChartQA rows → {'images': [img], 'prompt': [...], 'completion': [...]}, nothing else."""
+def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The dataset with its image column left as stored bytes/paths: `format_row` decodes each one itself."""
     if isinstance(dataset.features.get("image"), datasets.Image):
         dataset = dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset
+
+
+def format_row(row: dict, system_prompt: str | None, where: str, index: int) -> dict:
+    """One ChartQA row → {'images': [img], 'prompt': [...], 'completion': [...]}; a bad image or label is
+    a UserError naming `where` and the row's `index`."""
+    try:
+        image = _decode_image(row["image"])
+    except Exception as exc:
+        raise UserError(f"{where} row {index}: unreadable image ({type(exc).__name__}: {exc})") from None
+    try:
+        answer = answer_of(row["label"])
+    except (ValueError, TypeError) as exc:  # TypeError: a label neither text nor a list (e.g. a number)
+        raise UserError(f"{where} row {index}: bad label {row['label']!r} ({exc})") from None
+    return {
+        "images": [image],
+        "prompt": prompt_messages(str(row["query"]), system_prompt),
+        "completion": [{"role": "assistant", "content": answer}],
+    }
+
+
+def to_prompt_completion(dataset: datasets.Dataset, system_prompt: str | None, where: str) -> datasets.Dataset:
+    """ChartQA rows → {'images': [img], 'prompt': [...], 'completion': [...]}, nothing else."""
+    dataset = undecoded_images(dataset)
 
     def to_conversation(row, index):
-        try:
-            image = _decode_image(row["image"])
-        except Exception as exc:
-            raise UserError(f"{where} row {index}: unreadable image ({type(exc).__name__}: {exc})") from None
-        try:
-            answer = answer_of(row["label"])
-        except ValueError as exc:
-            raise UserError(f"{where} row {index}: bad label {row['label']!r} ({exc})") from None
-        return {
-            "images": [image],
-            "prompt": prompt_messages(str(row["query"]), system_prompt),
-            "completion": [{"role": "assistant", "content": answer}],
-        }
+        return format_row(row, system_prompt, where, index)
 
     formatted = dataset.map(
         to_conversation, with_indices=True, remove_columns=dataset.column_names, desc=f"Formatting {where}"

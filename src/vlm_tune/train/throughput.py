@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import torch
 from transformers import TrainerCallback
 
+from vlm_tune.core.modeling import stored_values
+
 # --- device peaks ----------------------------------------------------------------------------
 # Dense (no sparsity) bf16 tensor-core TFLOP/s. First match wins, so specific names come first.
 GPU_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -88,13 +90,6 @@ class Component:
     name: str
     frozen: int = 0
     trainable: int = 0
-
-
-def stored_values(param: torch.Tensor) -> int:
-    """Number of weight values a parameter holds: a 4-bit Params4bit packs several per element."""
-    if param.__class__.__name__ == "Params4bit":
-        return param.numel() * 2 * param.element_size()
-    return param.numel()
 
 
 def _count(component: Component, module: torch.nn.Module, skip: set[int]) -> None:
