@@ -1,9 +1,11 @@
-"""What every synthetic builder shares: argument types, the 'refuse to overwrite' check, the pooled
-split loop, the build-settings file and the staged (all-or-nothing) save."""
+"""What every synthetic builder shares: its errors, argument types, the 'refuse to overwrite' check, the
+per-row random stream, PNG bytes, the pooled split loop, the build-settings file and the staged
+(all-or-nothing) save."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
@@ -13,12 +15,36 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import datasets
+import numpy as np
+from PIL import Image
 from tqdm.auto import tqdm
+
+from vlm_tune.core.errors import UserError
+
+# --- errors: user input a builder refuses (one `error: ...` line through run_command) ---
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """The output is a non-empty file or folder and --overwrite was not given."""
+
+
+class InputNotFoundError(UserError, FileNotFoundError):
+    """A dataset, truth or captions file the command reads is not there."""
+
+
+# --- argument types and checks ---
 
 
 def is_nonempty(path: Path) -> bool:
     """A file, or a folder with anything in it: user data a builder must not overwrite silently."""
     return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
+def refuse_nonempty(path: Path, overwrite: bool) -> None:
+    """OutputExistsError unless `path` is empty/missing or overwrite is set; a command checks this
+    before rendering, so a refused run costs nothing."""
+    if is_nonempty(path) and not overwrite:
+        raise OutputExistsError(f"{path} exists and is not empty; pass --overwrite")
 
 
 def non_negative_int(text: str) -> int:
@@ -35,18 +61,40 @@ def positive_int(text: str) -> int:
     return value
 
 
-# --- build: every split rendered by a pool of workers, in row order ---
-
-
 def check_build_args(sizes: dict[str, int], seed: int, question_types, known: tuple[str, ...]) -> tuple[str, ...]:
-    """ValueError for negative sizes or seed, or question types outside `known`; the types as a tuple."""
+    """UserError for negative sizes or seed, or question types outside `known`; the types as a tuple."""
     if min(sizes.values()) < 0 or seed < 0:
-        raise ValueError(f"split sizes and seed must be non-negative, got {sizes} seed={seed}")
+        raise UserError(f"split sizes and seed must be non-negative, got {sizes} seed={seed}")
     question_types = tuple(question_types)
     unknown = [t for t in question_types if t not in known]
     if unknown or not question_types:
-        raise ValueError(f"question types must be a non-empty subset of {', '.join(known)}, got {list(question_types)}")
+        raise UserError(f"question types must be a non-empty subset of {', '.join(known)}, got {list(question_types)}")
     return question_types
+
+
+# --- rows: one random stream per row, PNG bytes ---
+
+SPLITS = ("train", "val", "test")
+
+
+def row_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """Independent stream per (seed, split, row), so rows do not depend on worker scheduling."""
+    return np.random.default_rng([seed, SPLITS.index(split), index])
+
+
+def pick(rng: np.random.Generator, options) -> object:
+    """One of `options`, uniformly (one draw of rng.integers)."""
+    return options[int(rng.integers(len(options)))]
+
+
+def encode_png(image: Image.Image) -> bytes:
+    # PIL writes no timestamps or metadata unless asked, so equal pixels give equal bytes.
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# --- build: every split rendered by a pool of workers, in row order ---
 
 
 def build_splits(
@@ -96,8 +144,7 @@ def staged_replace(output: Path, overwrite: bool, write) -> Path:
     """write(folder) into a staging dir beside output, then rename it into place: an interrupted run
     leaves output as it was, and a non-empty output is only replaced with overwrite=True."""
     output = Path(output)
-    if is_nonempty(output) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
+    refuse_nonempty(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:

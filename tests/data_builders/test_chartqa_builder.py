@@ -3,6 +3,8 @@
 import collections
 import io
 import re
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -24,6 +26,9 @@ from data_builders.chartqa import (
     row_rng,
     sample_chart,
 )
+from vlm_tune.core.errors import run_command
+
+from helpers import REPO
 
 SIZES = (6, 3, 3)
 
@@ -198,7 +203,7 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["chartqa"]  # no staging dir left behind
 
     capsys.readouterr()
-    assert main(args[:-4] + ["--seed", "8"]) == 2
+    assert run_command(main, args[:-4] + ["--seed", "8"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"error: {out} exists and is not empty; pass --overwrite"
     assert _rows(datasets.load_from_disk(str(out))) == first
@@ -218,8 +223,14 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
     ],
 )
 def test_cli_rejects_bad_arguments(tmp_path, capsys, bad):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--output", str(tmp_path / "x")] + bad)
-    assert exit_info.value.code != 0
+    assert run_command(main, ["--output", str(tmp_path / "x")] + bad) == 2
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_module_entry_point_runs_main_through_run_command(tmp_path):
+    """`python -m data_builders.chartqa`: a user error is one `error:` line and exit code 2."""
+    charts = subprocess.run([sys.executable, "-m", "data_builders.chartqa", "--output", str(tmp_path / "x"),
+                             "--train", "0", "--val", "0", "--test", "0"], cwd=REPO, capture_output=True, text=True)
+    assert charts.returncode == 2 and charts.stderr.startswith("error:") and not (tmp_path / "x").exists()
+    assert len(charts.stderr.strip().splitlines()) == 1

@@ -1,6 +1,8 @@
 """Tests for data_builders.scenes: determinism, schema, prompts, export, attribute scoring, CLI."""
 
 import json
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -32,7 +34,10 @@ from data_builders.scenes import (
     score_predictions,
     tags_text,
 )
+from vlm_tune.core.errors import UserError, run_command
 from vlm_tune.core.prompts import DEFAULT_PROMPTS
+
+from helpers import REPO
 
 SIZES = (5, 2, 3)
 SCENE = {
@@ -108,7 +113,7 @@ def test_question_types_restrict_rows_and_empty_split_is_left_out():
     ds = build_scenes(3, 0, 2, seed=0, image_size=64, question_types=["tags"])
     assert list(ds) == ["train", "test"]
     assert ds["train"]["type"] == ["tags"] * 3
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         build_scenes(1, 0, 0, question_types=["caption", "color"])
 
 
@@ -228,7 +233,7 @@ def test_read_diffusers_captions(tmp_path):
         + json.dumps({"file_name": "d/é b.png", "text": [SENTENCE, TAGS]}, ensure_ascii=False) + "\n", encoding="utf-8")
     assert read_diffusers_captions(tmp_path) == {"a.png": [SENTENCE], "d/é b.png": [SENTENCE, TAGS]}
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="line 1"):
+    with pytest.raises(UserError, match="line 1"):
         read_diffusers_captions(tmp_path)
     with pytest.raises(FileNotFoundError):
         read_diffusers_captions(tmp_path / "nowhere")
@@ -251,13 +256,13 @@ def test_cli_build_export_score(tmp_path, capsys):
     assert main(["build", "--output", str(data), "--train", "2", "--val", "0", "--test", "3", "--image-size", "64",
                  "--num-proc", "1"]) == 0
     assert read_build_info(data)["sizes"] == [2, 0, 3]
-    assert main(["build", "--output", str(data), "--train", "1", "--num-proc", "1"]) == 2
+    assert run_command(main, ["build", "--output", str(data), "--train", "1", "--num-proc", "1"]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["export", "--dataset", str(data), "--split", "test", "--output", str(heldout)]) == 0
-    assert main(["export", "--dataset", str(data), "--split", "test", "--output", str(heldout)]) == 2
+    assert run_command(main, ["export", "--dataset", str(data), "--split", "test", "--output", str(heldout)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
 
-    assert main(["score", "--heldout", str(heldout)]) == 2
+    assert run_command(main, ["score", "--heldout", str(heldout)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "metadata.jsonl" in err and len(err.strip().splitlines()) == 1
     truth = [json.loads(line) for line in (heldout / "truth.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -271,8 +276,23 @@ def test_cli_build_export_score(tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert main(["export", "--dataset", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
+    assert run_command(main, ["export", "--dataset", str(tmp_path / "none"), "--output", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.startswith("error: no saved dataset")
-    with pytest.raises(SystemExit) as exc:
-        main(["build", "--output", str(tmp_path / "x"), "--train", "0", "--val", "0", "--test", "0"])
-    assert exc.value.code == 2
+    assert run_command(main, ["build", "--output", str(tmp_path / "x"), "--train", "0", "--val", "0", "--test", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error:")
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_moved_to_vlm_tune_eval(capsys):
+    argv = ["evaluate", "--config", "recipes/tiny/sft_captioner.yaml", "--adapter", "runs/x", "--max-new-tokens", "8"]
+    assert run_command(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "vlm-tune eval --config" in err and len(err.strip().splitlines()) == 1
+
+
+def test_module_entry_point_runs_main_through_run_command():
+    """`python -m data_builders.scenes`: one error line, exit 2 (here: the moved evaluate sub-command)."""
+    scenes = subprocess.run([sys.executable, "-m", "data_builders.scenes", "evaluate", "--config", "x.yaml"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert scenes.returncode == 2 and scenes.stderr.startswith("error:") and "vlm-tune eval" in scenes.stderr
+    assert len(scenes.stderr.strip().splitlines()) == 1

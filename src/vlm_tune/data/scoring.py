@@ -1,6 +1,6 @@
 """Scoring answers on a held-out split: ChartQA relaxed accuracy per question type, the text-only prior,
-results files and the base / prior / tuned table. Shared by `vlm-tune eval`, the after-training eval
-and the validation samples."""
+results files and the base / prior / tuned table. Shared by `vlm-tune eval` (the prior also by its
+captioner scoring), the after-training eval and the validation samples."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import datasets
 import evaluate
 
 from vlm_tune.core.generation import generate_answers
+from vlm_tune.core.markdown import md_table
 from vlm_tune.data.rows import answer_of
 from vlm_tune.metrics import RELAXED_ACCURACY
 from vlm_tune.metrics.relaxed_accuracy.relaxed_accuracy import best_correctness
@@ -51,7 +52,9 @@ def score(predictions: list[str], labels: list[list[str]], types: list[str]) -> 
 
 
 def text_only_prior(train_split: datasets.Dataset) -> dict[str, str]:
-    """Each question type's most common training answer: what is learnable without the image."""
+    """Each question type's most common training answer: what is learnable without the image (for a
+    captioner's scenes split: each row type's most common caption, what a captioner ignoring the
+    pixels would say)."""
     answers: dict[str, Counter] = defaultdict(Counter)
     for qtype, label in zip(question_types(train_split), train_split["label"]):
         answers[qtype][answer_of(label)] += 1
@@ -95,12 +98,11 @@ def write_results(output_dir: str | Path, records: list[dict], metrics: dict) ->
 def format_table(results: dict[str, dict]) -> str:
     """Markdown table: one row per model, columns overall + each question type (relaxed accuracy, %)."""
     types = sorted({t for metrics in results.values() for t in metrics["per_type"]})
-    header = ["model", "overall"] + types
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for name, metrics in results.items():
         cells = [name, f"{100 * metrics['relaxed_accuracy']:.1f}"]
         cells += [f"{100 * metrics['per_type'][t]['relaxed_accuracy']:.1f}" if t in metrics["per_type"] else "–"
                   for t in types]
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     n = next(iter(results.values()))["n"]
-    return "\n".join(lines) + f"\n\nRelaxed accuracy (%) on {n} held-out questions."
+    return "\n".join(md_table(["model", "overall"] + types, rows)) + f"\n\nRelaxed accuracy (%) on {n} held-out questions."
