@@ -118,13 +118,21 @@ def test_module_sizes(path):
 
 
 def test_command_table_help_and_readme_agree(capsys):
+    """The README's command list is the table's usage text, as `vlm-tune --help` prints it."""
     from vlm_tune import cli
-    from vlm_tune.runs.commands import COMMANDS
+    from vlm_tune.runs.commands import COMMANDS, usage
 
     cli._check_commands()  # every command's module imports and has main(argv)
     assert cli.main(["--help"]) == 0
     shown = capsys.readouterr().out
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert shown.strip() == usage().strip()
     for name in COMMANDS:
-        assert f"  {name} " in shown, f"vlm-tune --help does not list {name}"
-        assert f"vlm-tune {name}" in readme, f"README.md does not mention `vlm-tune {name}`"
+        assert f"\n  {name} " in shown, f"vlm-tune --help does not list {name}"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = readme.split(README_MARK, 2)
+    assert len(block) == 3, f"README.md needs the command list between two {README_MARK!r} lines"
+    listed = block[1].strip().removeprefix("```").removesuffix("```").strip()
+    assert listed == usage().strip(), "README.md's command list differs from `vlm-tune --help`: paste it again"
+
+
+README_MARK = "<!-- vlm-tune --help (tests/test_architecture.py checks this block) -->"
