@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 
 from vlm_tune.caption import captioner as caption
-from vlm_tune.caption.captioner import clean_caption, trim_loops
+from vlm_tune.caption.captioner import clean_caption
 from vlm_tune.core.prompts import DEFAULT_PROMPTS
 from vlm_tune.core.errors import UserError
+from vlm_tune.core.text import trim_loops
 
 COLORS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255), "white": (255, 255, 255), "black": (0, 0, 0)}
 
@@ -74,14 +75,14 @@ def test_kohya_sidecars_byte_for_byte(tmp_path, fake_model):
 
 def test_caption_extension_is_respected(tmp_path, fake_model):
     root = make_folder(tmp_path / "data")
-    assert run(root, "--caption-extension", "caption") == 0
+    assert run(root, "--caption_extension", "caption") == 0
     assert (root / "a.caption").read_text(encoding="utf-8") == "a red picture\n"
     assert not list(root.rglob("*.txt"))
 
 
 def test_diffusers_metadata_byte_for_byte(tmp_path, fake_model):
     root = make_folder(tmp_path / "data")
-    assert run(root, "--format", "diffusers", "--caption-column", "caption") == 0
+    assert run(root, "--format", "diffusers", "--caption_column", "caption") == 0
     assert (root / "metadata.jsonl").read_bytes() == (
         '{"file_name": "a.png", "caption": "a red picture"}\n'
         '{"file_name": "sub dir/ciel bleu é.JPG", "caption": "a blue picture"}\n'
@@ -153,7 +154,7 @@ def test_broken_metadata_stops_before_anything_is_written(tmp_path, fake_model):
 def test_other_caption_extension_refused(tmp_path, fake_model):
     root = make_folder(tmp_path / "data")
     (root / "a.caption").write_text("hand written\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"'.caption' captions .* pass --caption-extension .caption"):
+    with pytest.raises(UserError, match=r"'.caption' captions .* pass --caption_extension .caption"):
         run(root)
     assert not list(root.rglob("*.txt"))
 
@@ -259,7 +260,7 @@ def test_sigkill_leaves_no_partial_file_and_rerun_finishes(tmp_path):
     for i in range(24):
         Image.new("RGB", (16, 16), list(COLORS.values())[i % 5]).save(root / f"img {i:02d}.png")
     script = SLOW_FAKE.format(tests=str(Path(__file__).parent))
-    argv = [sys.executable, "-c", script, str(root), "--format", "both", "--batch-size", "2", "--trigger", "sks"]
+    argv = [sys.executable, "-c", script, str(root), "--format", "both", "--batch_size", "2", "--trigger", "sks"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(root.glob("*.txt"))) < 6:
@@ -285,8 +286,8 @@ def test_sigkill_leaves_no_partial_file_and_rerun_finishes(tmp_path):
 # --- the real tiny model ---------------------------------------------------------------------
 def test_tiny_model_end_to_end(tmp_path, tiny_model_dir):
     root = make_folder(tmp_path / "data")
-    code = caption.main([str(root), "--model", str(tiny_model_dir), "--format", "both", "--batch-size", "2",
-                         "--trigger", "sks", "--max-new-tokens", "8"])
+    code = caption.main([str(root), "--model", str(tiny_model_dir), "--format", "both", "--batch_size", "2",
+                         "--trigger", "sks", "--max_new_tokens", "8"])
     assert code == 0
     report = json.loads((root / "caption_report.json").read_text())
     counts = report["counts"]
@@ -304,3 +305,19 @@ def test_bad_arguments(tmp_path):
         caption.main([str(tmp_path), "--trigger", "a, b"])
     with pytest.raises(UserError, match="no LoRA adapter"):
         caption.main([str(tmp_path), "--adapter", str(tmp_path)])
+
+
+def test_flags_underscored_and_old_dashed_spellings_kept(capsys):
+    """One flag style (underscores, as in help); the dashed spellings of older command lines still parse."""
+    new = caption.parse_args(["d", "--caption_extension", "caption", "--batch_size", "2", "--max_new_tokens", "9",
+                              "--report_dir", "r", "--keep_4bit", "--load_in_4bit", "false", "--tags_prompt", "t?"])
+    old = caption.parse_args(["d", "--caption-extension", "caption", "--batch-size", "2", "--max-new-tokens", "9",
+                              "--report-dir", "r", "--keep-4bit", "--load-in-4bit", "false", "--tags-prompt", "t?"])
+    assert vars(new) == vars(old) and new.caption_extension == ".caption" and new.load_in_4bit is False
+    with pytest.raises(UserError, match="--batch_size must be >= 1"):
+        caption.parse_args(["d", "--batch-size", "0"])
+    with pytest.raises(SystemExit):
+        caption.parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert "--batch_size" in shown and "--caption_extension" in shown and "--max_new_tokens" in shown
+

@@ -10,17 +10,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vlm_tune.caption.lint import (
-    analyze_captions,
-    find_loop,
-    lint_folder,
-    main,
-    md_escape,
-    read_caption_set,
-    words,
-    write_report,
-)
+from vlm_tune.caption.analysis import analyze_captions, words
+from vlm_tune.caption.caption_set import read_caption_set
+from vlm_tune.caption.lint import lint_folder, main
+from vlm_tune.caption.qa_report import write_report
 from vlm_tune.core.errors import UserError
+from vlm_tune.core.markdown import md_escape
+from vlm_tune.core.text import find_loop
 
 
 def _png(path: Path) -> None:
@@ -272,13 +268,28 @@ def test_main_exit_codes_and_report_dir(tmp_path, capsys):
     _png(dirty / "b.png")
     (dirty / "a.txt").write_text("a red a red a red", encoding="utf-8")
     reports = tmp_path / "reports"
-    assert main([str(dirty), "--report-dir", str(reports)]) == 0
+    assert main([str(dirty), "--report_dir", str(reports)]) == 0
     out = capsys.readouterr().out
     assert "suspicious: 1 file(s)" in out and str(reports / "caption_report.md") in out
     assert not (dirty / "caption_report.md").exists()
-    assert main([str(dirty), "--strict", "--report-dir", str(reports)]) == 1
+    assert main([str(dirty), "--strict", "--report_dir", str(reports)]) == 1
 
     with pytest.raises(UserError, match="folder not found"):
         main([str(tmp_path / "nope")])
     with pytest.raises(UserError, match="not a folder"):
         main([str(dirty / "a.txt")])
+
+
+def test_lint_flags_underscored_and_old_dashed_spellings_kept():
+    from vlm_tune.caption.lint import parse_args
+
+    new = parse_args(["d", "--caption_extension", ".txt", "--caption_column", "c", "--trainer_extension", ".txt",
+                      "--report_dir", "r", "--max_words", "9"])
+    old = parse_args(["d", "--caption-extension", ".txt", "--caption-column", "c", "--trainer-extension", ".txt",
+                      "--report-dir", "r", "--max-words", "9"])
+    assert vars(new) == vars(old) and new.max_words == 9
+    with pytest.raises(UserError, match="caption-lint: .*--nope"):
+        parse_args(["d", "--nope"])
+    with pytest.raises(UserError, match="--max_words must be >= 1"):
+        main(["."] + ["--max-words", "0"])
+
