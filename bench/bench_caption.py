@@ -2,7 +2,7 @@
 
 Same model, same images, same prompt and `max_new_tokens`, in one process: first a naive loop that
 calls `model.generate` once per image (what a quick script does), then `generate_answers` with
-left-padded batches (what `vlm-tune caption --batch-size N` does). Images/s of each, the speed-up,
+left-padded batches (what `vlm-tune caption --batch_size N` does). Images/s of each, the speed-up,
 and how many captions agree word for word (left padding may change a token at a tie).
 
 Usage:
