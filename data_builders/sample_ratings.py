@@ -11,7 +11,7 @@ kind of rater the ratings report flags.
 
 Usage:
     python -m data_builders.sample_ratings --output artifacts/sample-ratings \\
-        [--seed 0] [--charts 120] [--raters 5] [--image-size 160] [--overwrite]
+        [--seed 0] [--charts 120] [--raters 5] [--image_size 160] [--overwrite]
     python -m data_builders.ratings --ratings artifacts/sample-ratings/ratings.csv --output artifacts/dpo-pairs
 
     from data_builders.sample_ratings import make_sample_ratings
@@ -23,7 +23,6 @@ rater, score; image paths relative to DIR). Deterministic by seed.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import shutil
@@ -33,8 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data_builders._common import is_nonempty, positive_int
+from data_builders._common import positive_int, refuse_nonempty
 from data_builders.chartqa import COLOR_NAMES, COUNT_RANGE, MARK_NOUN, encode_png, render_chart, sample_chart
+from data_builders.ratings import RatingsError
+from vlm_tune.core.cli_args import ArgParser
+from vlm_tune.core.errors import run_command
 
 # --- team ---
 
@@ -145,12 +147,12 @@ def rate(rng: np.random.Generator, responses, raters) -> np.ndarray:
 
 def make_sample_ratings(output_dir, seed: int = 0, n_charts: int = 120, n_raters: int = 5,
                         overwrite: bool = False, image_size: int = 160) -> Path:
-    """Write DIR/images/*.png and DIR/ratings.csv (via a staging dir); returns the CSV's path."""
+    """Write DIR/images/*.png and DIR/ratings.csv (via a staging dir); returns the CSV's path.
+    RatingsError for bad sizes; OutputExistsError (a FileExistsError) for a non-empty DIR without overwrite."""
     if n_charts < 1 or n_raters < 2 or seed < 0:
-        raise ValueError(f"need n_charts >= 1, n_raters >= 2 and seed >= 0, got {n_charts}, {n_raters}, {seed}")
+        raise RatingsError(f"need n_charts >= 1, n_raters >= 2 and seed >= 0, got {n_charts}, {n_raters}, {seed}")
     output = Path(output_dir)
-    if is_nonempty(output) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty; pass --overwrite")
+    refuse_nonempty(output, overwrite)
     raters = team(n_raters, seed)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
@@ -181,8 +183,8 @@ def make_sample_ratings(output_dir, seed: int = 0, n_charts: int = 120, n_raters
 # --- command line ---
 
 
-def _parse_args(argv) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def _parse_args(argv):
+    parser = ArgParser(
         prog="python -m data_builders.sample_ratings",
         description="Write a sample team-ratings set (chart images + ratings.csv, response mode).",
     )
@@ -190,7 +192,7 @@ def _parse_args(argv) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument("--charts", type=positive_int, default=120, help="charts (default %(default)s)")
     parser.add_argument("--raters", type=positive_int, default=5, help="raters, at least 2 (default %(default)s)")
-    parser.add_argument("--image-size", type=positive_int, default=160,
+    parser.add_argument("--image_size", type=positive_int, default=160,
                         help="square image side in px (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     args = parser.parse_args(argv)
@@ -203,9 +205,7 @@ def _parse_args(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    if is_nonempty(args.output) and not args.overwrite:
-        print(f"error: {args.output} exists and is not empty; pass --overwrite", file=sys.stderr)
-        return 2
+    refuse_nonempty(args.output, args.overwrite)  # before rendering, so a refused run costs nothing
     path = make_sample_ratings(args.output, args.seed, args.charts, args.raters, args.overwrite, args.image_size)
     names = ", ".join(r["name"] for r in team(args.raters, args.seed))
     print(f"wrote {path} ({args.charts} charts, raters {names})")
@@ -213,4 +213,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

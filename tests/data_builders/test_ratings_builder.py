@@ -25,6 +25,7 @@ from data_builders.ratings import (
 )
 from data_builders.chartqa import sample_chart
 from data_builders.sample_ratings import QUESTION_TYPES, make_sample_ratings
+from vlm_tune.core.errors import run_command
 
 # --- helpers ---
 
@@ -481,7 +482,7 @@ def test_messy_file_is_fully_accounted_for(tmp_path, whitespace_line):
 
 def _refused(tmp_path, capsys, ratings, *extra):
     out = tmp_path / "out"
-    code = main(["--ratings", str(ratings), "--output", str(out), *extra])
+    code = run_command(main, ["--ratings", str(ratings), "--output", str(out), *extra])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: "), err
@@ -578,7 +579,7 @@ def test_cli_round_trip_and_no_silent_overwrite(sample, tmp_path, capsys):
     assert "![pair margins](margin_hist.png)" in page and "WARNING" in page
     assert (out / "margin_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert main(["--ratings", str(csv_path), "--output", str(out)]) == 2
+    assert run_command(main, ["--ratings", str(csv_path), "--output", str(out)]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert main(["--ratings", str(csv_path), "--output", str(out), "--overwrite"]) == 0
