@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny SmolVLM-architecture model and a small synthetic ChartQA, built once per run."""
+"""Shared fixtures: the tiny SmolVLM-architecture models (v1 and SmolVLM2) and a small synthetic ChartQA, built
+once per run."""
 
 from __future__ import annotations
 
@@ -29,6 +30,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from vlm_tune.core.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-smolvlm", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm2_dir(tmp_path_factory) -> Path:
+    """The tiny model as SmolVLM2 (`--arch smolvlm2`: model_type smolvlm, SmolVLMProcessor)."""
+    from vlm_tune.core.tiny_model import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-smolvlm2", seed=0, arch="smolvlm2")
 
 
 @pytest.fixture(scope="session")

@@ -184,3 +184,67 @@ def test_hub_ids_and_the_one_line_hub_error():
     assert str(error) == ("cannot load 'a/b': not a local folder and the Hugging Face Hub did not provide it (boom). "
                           "Where the hub is reachable run it")
     assert "(OSError)" in str(hub_error("'a/b'", OSError(""), "folder", "x"))
+
+
+# --- the processor route (SmolVLM2 without torchvision) ---------------------------------------
+def test_lora_scopes_adapt_the_same_modules_on_smolvlm2(tiny_model_dir, tiny_smolvlm2_dir):
+    for scope in ("lm", "lm+connector", "all"):
+        assert _adapted(tiny_smolvlm2_dir, scope) == _adapted(tiny_model_dir, scope), scope
+
+
+def test_smolvlm2_processor_loads_without_torchvision(tiny_smolvlm2_dir, tmp_path):
+    import json
+
+    import transformers
+    from PIL import Image
+    from transformers.utils import is_torchvision_available
+
+    from vlm_tune.core.modeling import load_processor
+    from vlm_tune.core.smolvlm2 import VideoProcessorStandIn
+
+    if not is_torchvision_available():  # this is why the route exists (CPU machines)
+        with pytest.raises(ImportError, match="Torchvision"):
+            transformers.AutoProcessor.from_pretrained(tiny_smolvlm2_dir)
+    processor = load_processor(ModelConfig(model_name_or_path=str(tiny_smolvlm2_dir)), image_longest_edge=64,
+                               do_image_splitting=False)
+    assert isinstance(processor, transformers.SmolVLMProcessor) and type(processor).__name__ == "SmolVLMProcessor"
+    assert processor.image_processor.size == {"longest_edge": 64} and not processor.image_processor.do_image_splitting
+    if is_torchvision_available():  # a GPU machine: AutoProcessor, with the real video processor
+        assert type(processor.video_processor).__name__ == "SmolVLMVideoProcessor"
+        return
+    assert isinstance(processor.video_processor, VideoProcessorStandIn)
+    assert (processor.video_processor.num_frames, processor.video_processor.fps) == (64, 1)
+    with pytest.raises(UserError, match="video input needs torchvision"):
+        processor(videos=[[Image.new("RGB", (64, 64))]], text=["<video>"])
+    # saved as it was loaded (video settings included): a machine with torchvision loads it with AutoProcessor
+    processor.save_pretrained(tmp_path / "saved")
+    original = json.loads((tiny_smolvlm2_dir / "processor_config.json").read_text())
+    saved = json.loads((tmp_path / "saved" / "processor_config.json").read_text())
+    assert saved["video_processor"] == original["video_processor"] and saved["processor_class"] == "SmolVLMProcessor"
+    again = load_processor(ModelConfig(model_name_or_path=str(tmp_path / "saved")))
+    assert again.chat_template == processor.chat_template and again.image_seq_len == processor.image_seq_len
+
+
+def test_processor_route_reraises_what_is_not_smolvlm2_without_torchvision(tiny_model_dir, tiny_smolvlm2_dir,
+                                                                           monkeypatch):
+    import transformers
+
+    from vlm_tune.core import smolvlm2
+    from vlm_tune.core.modeling import load_processor
+
+    def broken(*args, **kwargs):
+        raise ImportError("something else is missing")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", broken)
+    with pytest.raises(ImportError, match="something else"):  # an Idefics3 folder: not ours to patch up
+        load_processor(ModelConfig(model_name_or_path=str(tiny_model_dir)))
+    monkeypatch.setattr(smolvlm2, "is_torchvision_available", lambda: True)
+    with pytest.raises(ImportError, match="something else"):  # torchvision there: AutoProcessor's error stands
+        load_processor(ModelConfig(model_name_or_path=str(tiny_smolvlm2_dir)))
+
+    def no_num2words(*args, **kwargs):
+        raise ImportError("Package `num2words` is required to run SmolVLM processor.")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", no_num2words)
+    with pytest.raises(UserError, match="pip install num2words"):
+        load_processor(ModelConfig(model_name_or_path=str(tiny_smolvlm2_dir)))

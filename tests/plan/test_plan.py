@@ -87,3 +87,64 @@ def test_bad_plan_option_is_one_line():
     with pytest.raises(UserError, match="vlm-tune plan: argument --target") as excinfo:
         plan.plan(["--config", str(REPO / "recipes/smolvlm-256m/sft_chartqa.yaml"), "--target", "tpu"])
     assert "\n" not in str(excinfo.value)
+
+
+# --- SmolVLM2 --------------------------------------------------------------------------------
+def test_tiny_smolvlm2_plans_like_the_v1_tiny_model(tiny_model_dir, tiny_smolvlm2_dir, tiny_chartqa_dir):
+    """Same sizes, processor geometry and chat text: the same plan, with SmolVLM2's own processor loaded."""
+    v1 = plan.plan(tiny_argv(tiny_model_dir, tiny_chartqa_dir))
+    v2 = plan.plan(tiny_argv(tiny_smolvlm2_dir, tiny_chartqa_dir, "--measure"))
+    assert v2["processor_source"] == f"{tiny_smolvlm2_dir} processor"
+    assert v2["tokens"] == v1["tokens"] and v2["parameters"] == v1["parameters"]
+    assert v2["parameters"]["trainable"] == v2["measured"]["trainable_params"] > 0
+
+
+@pytest.mark.parametrize("size, per_tile, image_tokens, params", [
+    ("256m", 64, 640, (250e6, 262e6)),   # 512-px tiles; longest edge 1536 → 3×3 + 1 global
+    ("500m", 64, 640, (500e6, 515e6)),
+    ("2.2b", 81, 810, (2.2e9, 2.3e9)),   # 384-px tiles; longest edge 1152 → 3×3 + 1 global
+])
+def test_smolvlm2_recipes_plan_offline_from_the_built_in_table(size, per_tile, image_tokens, params):
+    result = plan.plan(["--config", str(REPO / f"recipes/smolvlm2-{size}/sft_chartqa.yaml"), "--samples", "1"])
+    assert "built-in" in result["model_source"] and "stand-in" in result["processor_source"]
+    tokens, counts = result["tokens"], result["parameters"]
+    assert tokens["tokens_per_tile"] == per_tile and tokens["image_tokens"]["max"] == image_tokens
+    assert params[0] < counts["total_base"] < params[1]
+    assert result["memory_mb"]["compute_dtype"] == "bfloat16"
+
+
+def test_smolvlm2_table_builds_smolvlm_configs():
+    from transformers import SmolVLMConfig
+
+    from vlm_tune.plan.models import KNOWN_MODELS, known_config, stand_in_processor
+
+    smolvlm2 = [name for name in KNOWN_MODELS if "SmolVLM2" in name]
+    assert len(smolvlm2) == 3
+    for name in smolvlm2:
+        assert isinstance(known_config(name), SmolVLMConfig) and known_config(name).model_type == "smolvlm"
+    assert type(stand_in_processor(known_config(smolvlm2[0]))).__name__ == "SmolVLMProcessor"
+    assert type(known_config("HuggingFaceTB/SmolVLM-256M-Instruct")).__name__ == "Idefics3Config"
+
+
+def test_missing_local_dataset_is_an_error_not_stand_in_data(tiny_model_dir, tmp_path):
+    with pytest.raises(UserError, match=r"dataset not found: \./no-such-data") as excinfo:
+        plan.plan(tiny_argv(tiny_model_dir, "./no-such-data"))
+    assert "\n" not in str(excinfo.value)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset_dict.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read dataset"):
+        plan.plan(tiny_argv(tiny_model_dir, str(broken)))
+
+
+def test_unreachable_hub_dataset_plans_on_stand_in_rows_with_a_warning(tiny_model_dir):
+    result = plan.plan(tiny_argv(tiny_model_dir, "someone/not-cached-here", "--samples", "2"))
+    assert result["data_source"].startswith("synthetic chartqa")
+    assert any("someone/not-cached-here is not on this machine" in w for w in result["warnings"])
+
+
+def test_bad_plan_numbers_and_paths_are_one_line(tiny_model_dir, tiny_chartqa_dir, tmp_path):
+    with pytest.raises(UserError, match="--num_processes must be at least 1, not 0"):
+        plan.plan(tiny_argv(tiny_model_dir, tiny_chartqa_dir, "--num_processes", "0"))
+    with pytest.raises(UserError, match="--json .* is a folder"):
+        plan.plan(tiny_argv(tiny_model_dir, tiny_chartqa_dir, "--json", str(tmp_path)))

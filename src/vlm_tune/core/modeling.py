@@ -20,7 +20,8 @@ from vlm_tune.core.errors import UserError
 from vlm_tune.core.hub import hub_error, is_hub_id, offline_unless_reachable
 
 # --- LoRA scopes -----------------------------------------------------------------------------
-# Module paths of Idefics3ForConditionalGeneration (SmolVLM): model.text_model / connector / vision_model.
+# Module paths of Idefics3ForConditionalGeneration (SmolVLM) and of its subclass
+# SmolVLMForConditionalGeneration (SmolVLM2): model.text_model / connector / vision_model.
 TEXT_LINEAR = r"model\.text_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 CONNECTOR_LINEAR = r"model\.connector\.modality_projection\.proj"
 VISION_LINEAR = r"model\.vision_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc(1|2))"
@@ -116,6 +117,9 @@ def load_processor(
     image_longest_edge: int | None = None,
     do_image_splitting: bool | None = None,
 ):
+    """The model's processor with the recipe's image budget — the one way the project loads a processor
+    (train, eval, caption, plan, export): `AutoProcessor`, or for SmolVLM2 on a machine without
+    torchvision the same processor built by `core.smolvlm2`."""
     from transformers import AutoProcessor
 
     name = model_args.model_name_or_path
@@ -132,6 +136,12 @@ def load_processor(
         )
     except OSError as exc:
         raise _hub_error(name, exc) from None
+    except (ImportError, AttributeError) as exc:
+        # SmolVLM2 without torchvision (our CPU machines): AutoProcessor cannot build its video processor
+        # even for images; core.smolvlm2 builds the same processor with a video stand-in. Else: re-raised.
+        from vlm_tune.core.smolvlm2 import load_without_torchvision
+
+        processor = load_without_torchvision(name, model_args.model_revision, exc)
     return set_image_budget(processor, image_longest_edge, do_image_splitting)
 
 

@@ -1,11 +1,16 @@
-"""Build a tiny SmolVLM-architecture (Idefics3) model + processor as an ordinary HF folder.
+"""Build a tiny SmolVLM-architecture model + processor as an ordinary HF folder.
 
 The project's embedded default and test fixture: no hub is reachable here, so we build the same
 architecture as HuggingFaceTB/SmolVLM-* at toy size, with random weights and a tokenizer trained
 locally, and save it so that `AutoProcessor` / `AutoModelForImageTextToText` load it like a real
-checkpoint. Deterministic for a seed.
+checkpoint. Deterministic for a seed. Two architectures:
 
-    vlm-tune make-tiny-model --output artifacts/tiny-smolvlm [--seed 0]
+- `idefics3` (default): SmolVLM v1 — `Idefics3ForConditionalGeneration` + `Idefics3Processor`;
+- `smolvlm2`: SmolVLM2 — `model_type: smolvlm`, `SmolVLMForConditionalGeneration` + `SmolVLMProcessor`
+  (with a video-processor config; without torchvision it loads through `core.modeling.load_processor`).
+  Same module paths, sizes, tokenizer and image geometry, SmolVLM2's chat template.
+
+    vlm-tune make-tiny-model --output artifacts/tiny-smolvlm [--arch idefics3|smolvlm2] [--seed 0]
 """
 
 from __future__ import annotations
@@ -58,6 +63,12 @@ CHAT_TEMPLATE = (
     "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
     "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+# SmolVLM2's default chat template (transformers' SmolVLMProcessor DEFAULT_CHAT_TEMPLATE): v1's plus a
+# video branch; identical text for image and text messages.
+SMOLVLM2_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
+    "{{ '<image>' }}{% endif %}", "{{ '<image>' }}{% elif line['type'] == 'video' %}{{ '<video>' }}{% endif %}"
 )
 
 # Same special tokens as SmolVLM: bos <|im_start|>, eos <end_of_utterance>, pad <|im_end|>.
@@ -118,19 +129,40 @@ def build_tokenizer():
 
 
 # --- processor -------------------------------------------------------------------------------
-def build_processor():
+ARCHS = ("idefics3", "smolvlm2")
+# SmolVLM's splitting logic at toy size: resize the longest edge to LONGEST_EDGE, cut it into
+# TILE_SIZE tiles (+ one global tile).
+IMAGE_PROCESSING = dict(
+    size={"longest_edge": LONGEST_EDGE},
+    max_image_size={"longest_edge": TILE_SIZE},
+    do_image_splitting=True,
+)
+# SmolVLM2's video settings at toy size, in the layout of SmolVLM2's configs (video_sampling: frames are
+# sampled at `fps` up to `max_frames`, each resized to one tile). Only a machine with torchvision uses them.
+VIDEO_PROCESSING = dict(
+    video_processor_type="SmolVLMVideoProcessor",
+    do_convert_rgb=True, do_resize=True, do_rescale=True, do_normalize=True, do_pad=True,
+    do_sample_frames=False, resample=1, rescale_factor=1 / 255,
+    image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    size={"longest_edge": TILE_SIZE}, max_image_size={"longest_edge": TILE_SIZE},
+    video_sampling={"fps": 1, "max_frames": 64, "video_size": {"longest_edge": TILE_SIZE}},
+)
+
+
+def build_processor(arch: str = "idefics3"):
+    # PIL backend image processors: there is no CPU torchvision build here.
+    if arch == "smolvlm2":
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+        from vlm_tune.core.smolvlm2 import build_processor as build_smolvlm2_processor
+
+        return build_smolvlm2_processor(SmolVLMImageProcessorPil(**IMAGE_PROCESSING), build_tokenizer(),
+                                        VIDEO_PROCESSING, IMAGE_SEQ_LEN, SMOLVLM2_CHAT_TEMPLATE)
     from transformers import Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    # SmolVLM's splitting logic at toy size: resize the longest edge to LONGEST_EDGE, cut it into
-    # TILE_SIZE tiles (+ one global tile). PIL backend: there is no CPU torchvision build here.
-    image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": LONGEST_EDGE},
-        max_image_size={"longest_edge": TILE_SIZE},
-        do_image_splitting=True,
-    )
     return Idefics3Processor(
-        image_processor=image_processor,
+        image_processor=Idefics3ImageProcessorPil(**IMAGE_PROCESSING),
         tokenizer=build_tokenizer(),
         image_seq_len=IMAGE_SEQ_LEN,
         chat_template=CHAT_TEMPLATE,
@@ -138,13 +170,22 @@ def build_processor():
 
 
 # --- model -----------------------------------------------------------------------------------
-def build_model(processor, seed: int):
-    import torch
-    from transformers import GenerationConfig, Idefics3Config, Idefics3ForConditionalGeneration
+# (config class, model class) per architecture; SmolVLM's are subclasses of Idefics3's.
+MODEL_CLASSES = {
+    "idefics3": ("Idefics3Config", "Idefics3ForConditionalGeneration"),
+    "smolvlm2": ("SmolVLMConfig", "SmolVLMForConditionalGeneration"),
+}
 
+
+def build_model(processor, seed: int, arch: str = "idefics3"):
+    import torch
+    import transformers
+    from transformers import GenerationConfig
+
+    config_class, model_class = (getattr(transformers, name) for name in MODEL_CLASSES[arch])
     tokenizer = processor.tokenizer
     vocab_size = (len(tokenizer) + 63) // 64 * 64  # embedding rows padded to a multiple of 64
-    config = Idefics3Config(
+    config = config_class(
         vision_config=VISION_CONFIG,
         text_config=dict(
             TEXT_CONFIG,
@@ -159,7 +200,7 @@ def build_model(processor, seed: int):
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = Idefics3ForConditionalGeneration(config)
+    model = model_class(config)
     # A frozen lm_head at the default init (std 0.02) caps logits near ±2.5 at this width, so even a
     # perfect adapter could not get the loss under ~4. A wider init lets LoRA reach confident answers.
     torch.nn.init.normal_(model.lm_head.weight, std=LM_HEAD_INIT_STD)
@@ -177,13 +218,16 @@ def build_model(processor, seed: int):
 
 
 # --- save ------------------------------------------------------------------------------------
-def make_tiny_model(output: str | os.PathLike, seed: int = 0, overwrite: bool = False) -> Path:
+def make_tiny_model(output: str | os.PathLike, seed: int = 0, overwrite: bool = False,
+                    arch: str = "idefics3") -> Path:
     """Build and save the tiny model + processor; write to a temp dir, then rename (no half folder)."""
     output = Path(output)
+    if arch not in ARCHS:
+        raise UserError(f"unknown tiny-model arch '{arch}'; choose one of {', '.join(ARCHS)}")
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise UserError(f"{output} exists and is not empty; pass --overwrite to replace it")
-    processor = build_processor()
-    model = build_model(processor, seed)
+    processor = build_processor(arch)
+    model = build_model(processor, seed, arch)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
@@ -200,9 +244,11 @@ def make_tiny_model(output: str | os.PathLike, seed: int = 0, overwrite: bool = 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgParser(prog="vlm-tune make-tiny-model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", required=True, help="folder to write (HF format)")
+    parser.add_argument("--arch", choices=ARCHS, default="idefics3",
+                        help="idefics3: SmolVLM v1 (default); smolvlm2: SmolVLM2 (model_type smolvlm)")
     parser.add_argument("--seed", type=int, default=0, help="weight-init seed (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     args = parser.parse_args(argv)
-    path = make_tiny_model(args.output, seed=args.seed, overwrite=args.overwrite)
-    print(f"tiny SmolVLM-architecture model written to {path}")
+    path = make_tiny_model(args.output, seed=args.seed, overwrite=args.overwrite, arch=args.arch)
+    print(f"tiny {'SmolVLM2' if args.arch == 'smolvlm2' else 'SmolVLM'}-architecture model written to {path}")
     return 0

@@ -18,23 +18,30 @@ from vlm_tune.core.errors import UserError
 # 256M model card: "siglip-base-patch16-512", 93M encoder, 512-px patches) or SigLIP so400m-patch14-384
 # (2.2B). Untied lm_head (totals then match the names: 256M / 507M / 2.25B). Pass --model_config with
 # the real config.json for exact numbers.
+# SmolVLM2 (model_type smolvlm, SmolVLMForConditionalGeneration: Idefics3 with another name): the same
+# towers — 256M/500M the v1 256M/500M architecture (512-px tiles, 64 tokens), 2.2B SmolLM2-1.7B +
+# SigLIP so400m (384-px tiles, 81 tokens) with SmolVLM2's 49,280-token vocabulary. Also from memory.
 _SIGLIP_B16_512 = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
                    "image_size": 512, "patch_size": 16}
 _SIGLIP_SO400M_384 = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
                       "num_attention_heads": 16, "image_size": 384, "patch_size": 14}
+_SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                 "num_key_value_heads": 3, "vocab_size": 49280}
+_SMOLLM2_360M = {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
+                 "num_key_value_heads": 5, "vocab_size": 49280}
+_SMOLLM2_1_7B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+                 "num_key_value_heads": 32}
 KNOWN_MODELS = {
-    "HuggingFaceTB/SmolVLM-256M-Instruct": {
-        "text": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
-                 "num_key_value_heads": 3, "vocab_size": 49280},
-        "vision": _SIGLIP_B16_512, "scale_factor": 4},
-    "HuggingFaceTB/SmolVLM-500M-Instruct": {
-        "text": {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
-                 "num_key_value_heads": 5, "vocab_size": 49280},
-        "vision": _SIGLIP_B16_512, "scale_factor": 4},
-    "HuggingFaceTB/SmolVLM-Instruct": {
-        "text": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
-                 "num_key_value_heads": 32, "vocab_size": 49155},
-        "vision": _SIGLIP_SO400M_384, "scale_factor": 3},
+    "HuggingFaceTB/SmolVLM-256M-Instruct": {"text": _SMOLLM2_135M, "vision": _SIGLIP_B16_512, "scale_factor": 4},
+    "HuggingFaceTB/SmolVLM-500M-Instruct": {"text": _SMOLLM2_360M, "vision": _SIGLIP_B16_512, "scale_factor": 4},
+    "HuggingFaceTB/SmolVLM-Instruct": {"text": dict(_SMOLLM2_1_7B, vocab_size=49155), "vision": _SIGLIP_SO400M_384,
+                                       "scale_factor": 3},
+    "HuggingFaceTB/SmolVLM2-256M-Video-Instruct": {"model_type": "smolvlm", "text": _SMOLLM2_135M,
+                                                   "vision": _SIGLIP_B16_512, "scale_factor": 4},
+    "HuggingFaceTB/SmolVLM2-500M-Video-Instruct": {"model_type": "smolvlm", "text": _SMOLLM2_360M,
+                                                   "vision": _SIGLIP_B16_512, "scale_factor": 4},
+    "HuggingFaceTB/SmolVLM2-2.2B-Instruct": {"model_type": "smolvlm", "text": dict(_SMOLLM2_1_7B, vocab_size=49280),
+                                             "vision": _SIGLIP_SO400M_384, "scale_factor": 3},
 }
 LONGEST_EDGE_TILES = 4  # SmolVLM processors resize the longest edge to 4 tiles by default (2048 / 1536 px)
 
@@ -58,12 +65,13 @@ def _config_from_file(path: str):
 
 
 def known_config(name: str):
-    from transformers import Idefics3Config
+    from transformers import Idefics3Config, SmolVLMConfig
 
     spec = KNOWN_MODELS[name]
-    return Idefics3Config(vision_config=dict(spec["vision"]),
-                          text_config=dict(spec["text"], model_type="llama", tie_word_embeddings=False),
-                          scale_factor=spec["scale_factor"], tie_word_embeddings=False)
+    config_class = SmolVLMConfig if spec.get("model_type") == "smolvlm" else Idefics3Config
+    return config_class(vision_config=dict(spec["vision"]),
+                        text_config=dict(spec["text"], model_type="llama", tie_word_embeddings=False),
+                        scale_factor=spec["scale_factor"], tie_word_embeddings=False)
 
 
 def resolve_model_config(name: str, override: str | None):
@@ -106,19 +114,26 @@ def tile_geometry(config) -> tuple[int, int]:
 
 def stand_in_processor(config):
     """SmolVLM's image processing at the config's tile size, with the tiny model's locally trained
-    tokenizer: image-token counts are exact, text-token counts only approximate."""
+    tokenizer: image-token counts are exact, text-token counts only approximate. SmolVLM2 (model_type
+    smolvlm) gets its own processor class and chat template (same prompt text for images)."""
     from transformers import Idefics3Processor
     from transformers.models.idefics3.image_processing_pil_idefics3 import (
         Idefics3ImageProcessorPil,
     )
 
-    from vlm_tune.core.tiny_model import CHAT_TEMPLATE, build_tokenizer
+    from vlm_tune.core import smolvlm2
+    from vlm_tune.core.tiny_model import CHAT_TEMPLATE, SMOLVLM2_CHAT_TEMPLATE, build_tokenizer
 
     tile, per_tile = tile_geometry(config)
-    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": LONGEST_EDGE_TILES * tile},
-                                                max_image_size={"longest_edge": tile}, do_image_splitting=True)
-    return Idefics3Processor(image_processor=image_processor, tokenizer=build_tokenizer(), image_seq_len=per_tile,
-                             chat_template=CHAT_TEMPLATE)
+    image_processing = dict(size={"longest_edge": LONGEST_EDGE_TILES * tile}, max_image_size={"longest_edge": tile},
+                            do_image_splitting=True)
+    if getattr(config, "model_type", None) == "smolvlm":
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+
+        return smolvlm2.build_processor(SmolVLMImageProcessorPil(**image_processing), build_tokenizer(), {},
+                                        per_tile, SMOLVLM2_CHAT_TEMPLATE)
+    return Idefics3Processor(image_processor=Idefics3ImageProcessorPil(**image_processing),
+                             tokenizer=build_tokenizer(), image_seq_len=per_tile, chat_template=CHAT_TEMPLATE)
 
 
 def resolve_processor(model_args, script_args, trust_remote_code: bool, config):

@@ -46,7 +46,7 @@ COMMANDS: dict[str, Command] = {
                       "merge a LoRA adapter into its base: a plain HF model folder, verified"),
     "rate": Command("vlm_tune.rate.command", "serve TASKS.jsonl --db DB [--host H --port P --password PW] | export --db DB --output CSV | report --db DB",
                     "team rating in the browser; export the ratings CSV; rank configs by the team's scores"),
-    "make-tiny-model": Command("vlm_tune.core.tiny_model", "--output DIR [--seed N]",
+    "make-tiny-model": Command("vlm_tune.core.tiny_model", "--output DIR [--arch idefics3|smolvlm2] [--seed N]",
                                "build the tiny SmolVLM-architecture model (offline)"),
 }
 JOBS = ("sft", "dpo")  # the commands that train a run folder (what `vlm-tune sweep` can launch)
