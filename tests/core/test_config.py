@@ -103,3 +103,45 @@ def test_missing_recipe_and_unknown_flag(tmp_path):
         parse_recipe([], SFTConfig)
     with pytest.raises(UserError, match="unknown flag --lora_rank"):
         parse_recipe(["--config", str(REPO / "recipes/tiny/sft_chartqa.yaml"), "--lora_rank", "8"], SFTConfig)
+
+
+@pytest.mark.parametrize("flag, meant", [("lora_rank", "lora_r"), ("lora_scop", "lora_scope"),
+                                         ("learning_rat", "learning_rate"), ("overwrite_output", "overwrite_output_dir"),
+                                         ("batch_size", "per_device_train_batch_size")])
+def test_did_you_mean_prefers_our_and_lora_keys(flag, meant):
+    with pytest.raises(UserError) as excinfo:
+        parse_recipe(["--config", str(REPO / "recipes/tiny/sft_chartqa.yaml"), f"--{flag}", "8"], SFTConfig)
+    assert f"unknown flag --{flag} (did you mean --{meant}?)" == str(excinfo.value)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("per_device_train_batch_size", "-1", "per_device_train_batch_size must be at least 1, not -1"),
+    ("gradient_accumulation_steps", "0", "gradient_accumulation_steps must be at least 1, not 0"),
+    ("lora_r", "-4", "lora_r must be at least 1, not -4"),
+    ("lora_dropout", "1.5", "lora_dropout must be in [0, 1), not 1.5"),
+    ("max_steps", "0", "max_steps must be at least 1"),
+    ("seed", "-1", "seed must be between 0 and 2**32 - 1, not -1"),
+    ("max_eval_samples", "0", "max_eval_samples must be at least 1"),
+    ("learning_rate", "-0.001", "learning_rate must be 0 or more"),
+])
+def test_numbers_the_libraries_reject_later_are_one_line(flag, value, message):
+    with pytest.raises(UserError) as excinfo:
+        parse_recipe(["--config", str(REPO / "recipes/tiny/sft_chartqa.yaml"), f"--{flag}", value], SFTConfig)
+    assert message in str(excinfo.value) and f"--{flag} on the command line" in str(excinfo.value)
+
+
+def test_bad_number_in_the_recipe_names_the_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((REPO / "recipes/tiny/sft_chartqa.yaml").read_text() + "\nlora_alpha: -2\n")
+    with pytest.raises(UserError, match=f"lora_alpha must be positive, not -2 \\({recipe}\\)"):
+        parse_recipe(["--config", str(recipe)], SFTConfig)
+
+
+def test_overwrite_flag_and_its_alias(tmp_path):
+    recipe = str(REPO / "recipes/tiny/sft_chartqa.yaml")
+    for argv in (["--overwrite"], ["--overwrite_output_dir"], ["--overwrite", "true"], ["--overwrite=true"]):
+        script_args, _, _, resolved = parse_recipe(["--config", recipe, *argv], SFTConfig)
+        # an action on this launch's folder, not a setting of the run: a reused recipe.yaml must not carry it
+        assert script_args.overwrite_output_dir is True and "overwrite_output_dir" not in resolved, argv
+    script_args, _, _, resolved = parse_recipe(["--config", recipe], SFTConfig)
+    assert script_args.overwrite_output_dir is False and "overwrite_output_dir" not in resolved

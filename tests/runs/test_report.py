@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from PIL import Image
 
@@ -104,3 +105,78 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().startswith("error: ")
     assert cli.main(["compare", str(make_run(tmp_path / "only"))]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def make_dpo_run(path: Path) -> Path:
+    """A run folder as dpo leaves it: no validation samples, no held-out eval; preference accuracy instead."""
+    path.mkdir(parents=True)
+    recipe = {"model_name_or_path": "artifacts/tiny-smolvlm", "lora_r": 32, "learning_rate": 5e-4, "beta": 0.1,
+              "loss_type": ["sigmoid"], "output_dir": str(path), "max_steps": 10}
+    (path / "recipe.yaml").write_text("# Resolved recipe of this run (YAML + command-line overrides). Re-run with:\n"
+                                      f"#   vlm-tune dpo --config d.yaml --output_dir {path}\n" + yaml.safe_dump(recipe))
+    history = [{"step": s, "loss": 0.69 - s / 100, "learning_rate": 5e-4, "rewards/accuracies": s / 10} for s in (5, 10)]
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 10, "log_history": history}))
+    (path / "run_summary.json").write_text(json.dumps({
+        "steps": 10, "effective_batch": 4, "train_loss": 0.66, "train_seconds": 3.0, "peak_rss_mb": 600.0,
+        "pref_accuracy_before_pct": 50.0, "pref_accuracy_after_pct": 75.0}))
+    (path / "preference_eval.json").write_text(json.dumps({
+        "before": {"preference_accuracy": 0.5, "mean_margin": 0.0, "n": 8},
+        "after": {"preference_accuracy": 0.75, "mean_margin": 0.3, "n": 8}}))
+    return path
+
+
+def test_compare_an_sft_run_with_a_dpo_run(tmp_path):
+    sft_run = make_run(tmp_path / "runs" / "sft")
+    dpo_run = make_dpo_run(tmp_path / "runs" / "dpo")
+    assert cli.main(["compare", str(sft_run), str(dpo_run)]) == 0
+
+    table = json.loads((tmp_path / "runs" / "compare" / "compare.json").read_text())
+    assert table["differing_keys"][0] == "job" and "beta" in table["differing_keys"]
+    sft_row, dpo_row = table["rows"]
+    assert sft_row["config"]["job"] == "sft" and dpo_row["config"]["job"] == "dpo"
+    # each run's own metrics side by side; the shared ones for both
+    assert sft_row["metrics"]["held-out tuned %"] == 40.0 and "pref accuracy after %" not in sft_row["metrics"]
+    assert dpo_row["metrics"]["pref accuracy after %"] == 75.0
+    assert sft_row["metrics"]["steps"] == 20 and dpo_row["metrics"]["steps"] == 10
+    page = (tmp_path / "runs" / "compare" / "compare.html").read_text()
+    assert "sft (step 20)" in page  # the SFT run's samples; the DPO run has none and is left out of the gallery
+
+
+def test_compare_writes_all_or_nothing(tmp_path, monkeypatch):
+    from vlm_tune.runs import compare
+
+    a, b = make_run(tmp_path / "a"), make_run(tmp_path / "b", learning_rate=5e-4)
+    out = tmp_path / "out" / "cmp"
+
+    def broken_gallery(*args, **kwargs):
+        raise RuntimeError("disk full while drawing")
+
+    monkeypatch.setattr(compare, "gallery_png", broken_gallery)
+    with pytest.raises(RuntimeError):
+        compare.compare_runs([a, b], out)
+    assert not (tmp_path / "out").exists()  # no half-written comparison, no stray staging folder
+
+    monkeypatch.undo()
+    (out).mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    compare.compare_runs([a, b], out)
+    assert (out / "compare.json").is_file() and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["cmp"]  # staging folder gone
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "trainer_state.json").write_text('{"global_step": 20, "log_hist'), "trainer_state.json: not valid JSON"),
+    (lambda run: (run / "trainer_state.json").write_text('[1, 2]'), "trainer_state.json: expected a JSON object"),
+    (lambda run: (run / "recipe.yaml").write_text("a: [1,\n"), "recipe.yaml: not valid YAML"),
+    (lambda run: (run / "recipe.yaml").write_text("- a\n- b\n"), "recipe.yaml: expected a mapping"),
+    (lambda run: (run / "run_summary.json").write_bytes(b"\xff\xfe\x00garbage"), "run_summary.json: not valid JSON"),
+])
+def test_corrupt_run_files_are_one_line_in_report_and_compare(tmp_path, capsys, damage, message):
+    good = make_run(tmp_path / "good")
+    bad = make_run(tmp_path / "bad")
+    damage(bad)
+    for argv in (["report", str(bad)], ["compare", str(good), str(bad)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and message in err and "\n" not in err, err
+    assert not (bad / "report.html").exists() and not (tmp_path / "compare").exists()

@@ -117,3 +117,76 @@ def test_resume_after_kill_reaches_planned_steps(tiny_model_dir, tiny_chartqa_di
     losses = [e["loss"] for e in state["log_history"] if "loss" in e]
     assert summary["train_loss"] == pytest.approx(sum(losses) / 6)
     assert (out / "adapter_model.safetensors").is_file()
+
+
+KILL_AFTER_LAST_CHECKPOINT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from transformers import TrainerCallback
+    from vlm_tune.train import sft
+
+    class KillAfterLastCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:  # the last checkpoint is on disk; eval, summary, report are not
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    sft.main(sys.argv[1:], callbacks=[KillAfterLastCheckpoint()])
+    """
+)
+
+
+class CountSteps(TrainerCallback):
+    steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_resume_after_the_last_checkpoint_trains_nothing_and_finishes_the_run(tiny_model_dir, tiny_chartqa_dir,
+                                                                               tmp_path):
+    out = tmp_path / "killed-at-the-end"
+    argv = sft_argv(tiny_model_dir, tiny_chartqa_dir, out, "--max_steps", "4", "--save_strategy", "steps",
+                    "--save_steps", "2", "--eval_after_train", "true", "--max_eval_samples", "4")
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_LAST_CHECKPOINT, *argv], cwd=REPO, capture_output=True,
+                            text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "checkpoint-4").is_dir() and not (out / "run_summary.json").exists()
+
+    for attempt in ("killed after its last checkpoint", "finished, resumed again"):
+        counter = CountSteps()
+        summary = sft.main(argv + ["--resume_from_checkpoint", "true"], callbacks=[counter])
+        assert counter.steps == 0, attempt  # Trainer alone would take step 5 of 4
+        assert summary["steps"] == 4 and summary["resumed_from_step"] == 4, attempt
+        state = json.loads((out / "trainer_state.json").read_text())
+        assert state["global_step"] == 4 and [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2, 3, 4]
+        losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+        assert summary["train_loss"] == pytest.approx(sum(losses) / 4) and summary["train_loss"] == summary["train_loss"]
+        for name in ("adapter_model.safetensors", "run_summary.json", "report.html", "report.md", "eval/table.md",
+                     "recipe.yaml"):
+            assert (out / name).is_file(), (attempt, name)
+        assert json.loads((out / "run_summary.json").read_text())["steps"] == 4
+    assert "eval_tuned_pct" in summary
+
+
+def test_overwrite_replaces_the_run_and_keeps_other_files(tiny_model_dir, tiny_chartqa_dir, tiny_run_dir, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, out)
+    (out / "checkpoint-99").mkdir()  # an old run's leftovers must not mix with the new run
+    (out / "eval-test").mkdir()
+    (out / "notes.txt").write_text("my notes")
+    argv = sft_argv(tiny_model_dir, tiny_chartqa_dir, out, "--max_steps", "1", "--save_strategy", "no",
+                    "--eval_after_train", "false")
+    summary = sft.main(argv + ["--overwrite"])
+    assert summary["steps"] == 1
+    assert not (out / "checkpoint-99").exists() and not (out / "eval-test").exists() and not (out / "eval").exists()
+    assert (out / "notes.txt").read_text() == "my notes"
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+    recipe = (out / "recipe.yaml").read_text()
+    assert "--overwrite" in recipe.splitlines()[1] and "overwrite_output_dir" not in recipe  # said, not carried on
+
+    # a finished run without checkpoints (save_strategy: no), resumed: complete as it is, nothing trains
+    counter = CountSteps()
+    summary = sft.main(argv + ["--resume_from_checkpoint", "true"], callbacks=[counter])
+    assert counter.steps == 0 and summary["steps"] == 1 and summary["resumed_from_step"] == 1

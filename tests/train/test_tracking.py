@@ -39,8 +39,12 @@ def test_wandb_offline_tensorboard_validation_samples_and_no_secret_anywhere(
                     "--report_to", "wandb,tensorboard", "--eval_strategy", "steps", "--eval_steps", "1",
                     "--num_validation_samples", "2", "--validation_max_new_tokens", "4", "--max_eval_samples", "4",
                     "--per_device_train_batch_size", "2", "--eval_after_train", "false",
-                    "--run_name", "tiny-wandb-check", "--run_tags", "smoke", "ci")
+                    # secrets typed into text flags: scrubbed before TrainingArguments (training_args.bin), TensorBoard
+                    # and W&B (name, tags, config, and the command line it records) see them
+                    "--run_name", f"tiny-wandb-check-{FAKE_HF_TOKEN}", "--run_tags", "smoke", "ci",
+                    f"team-{FAKE_WANDB_KEY}")
     argv[argv.index(str(TINY_RECIPE))] = str(recipe)
+    monkeypatch.setattr(sys, "argv", ["vlm-tune", "sft", *argv])
 
     sft.main(argv)
 
@@ -73,6 +77,8 @@ def test_wandb_offline_tensorboard_validation_samples_and_no_secret_anywhere(
     assert [e["step"] for e in history if "eval_samples_relaxed_accuracy" in e] == [0, 1]
     assert (out / "report.html").is_file() and (out / "report.md").is_file()  # written at the end of sft
 
+    assert (out / "training_args.bin").is_file()
+    assert b"tiny-wandb-check-***" in record and b"team-***" in record
     # secrets: not in any file under the run folder (binary W&B records and TensorBoard events included)
     assert f"MY_SERVICE_TOKEN: '{secrets.REDACTED}'" in (out / "recipe.yaml").read_text()
     for path in (p for p in out.rglob("*") if p.is_file()):

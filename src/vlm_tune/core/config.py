@@ -86,6 +86,12 @@ class VlmScriptArguments(ScriptArguments):
     run_tags: list[str] | None = field(
         default=None, metadata={"help": "Tags of the run in the tracker (W&B tags, TensorBoard text)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the run already in output_dir (its own files are deleted first; other files are "
+                          "kept). Without it, or resume_from_checkpoint, a folder holding a run is refused. "
+                          "Command-line alias: --overwrite."},
+    )
 
 
 # --- parse -----------------------------------------------------------------------------------
@@ -98,7 +104,35 @@ def _known_keys(dataclass_types) -> set[str]:
     return {f.name for cls in dataclass_types for f in fields(cls)}
 
 
-def _read_recipe(path: str, known: set[str]) -> dict[str, Any]:
+# --- did you mean ----------------------------------------------------------------------------
+# Names users carry over from other tools, and what they are called here.
+SYNONYMS = {"lora_rank": "lora_r", "rank": "lora_r", "r": "lora_r", "lora_dim": "lora_r", "lr": "learning_rate",
+            "batch_size": "per_device_train_batch_size", "train_batch_size": "per_device_train_batch_size",
+            "epochs": "num_train_epochs", "model": "model_name_or_path", "dataset": "dataset_name",
+            "overwrite": "overwrite_output_dir", "resume": "resume_from_checkpoint", "steps": "max_steps"}
+# Command-line spellings that stand for a key (`--overwrite` is what caption and export call it).
+CLI_ALIASES = {"overwrite": "overwrite_output_dir"}
+
+
+def suggest(key: str, known: set[str], preferred: set[str]) -> str | None:
+    """The key a typo most likely meant: a known synonym, else a close match among our own and the LoRA /
+    model keys (so `lora_rank` is `lora_r`, not TrainingArguments' `local_rank`), else among all keys."""
+    if SYNONYMS.get(key) in known:
+        return SYNONYMS[key]
+    close = difflib.get_close_matches(key, preferred, n=1, cutoff=0.75) or difflib.get_close_matches(key, known, n=1)
+    return close[0] if close else None
+
+
+def _with_aliases(argv: list[str]) -> list[str]:
+    """`--overwrite` → `--overwrite_output_dir` (also `--overwrite=true`); values are left alone."""
+    out = []
+    for arg in argv:
+        name, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        out.append(f"--{CLI_ALIASES[name]}{eq}{value}" if name in CLI_ALIASES else arg)
+    return out
+
+
+def _read_recipe(path: str, known: set[str], preferred: set[str]) -> dict[str, Any]:
     recipe_path = Path(path)
     if not recipe_path.is_file():
         raise UserError(f"recipe file not found: {path}")
@@ -112,8 +146,8 @@ def _read_recipe(path: str, known: set[str]) -> dict[str, Any]:
         raise UserError(f"{path}: a recipe must be a YAML mapping of key: value")
     for key in recipe:
         if key != "env" and key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            close = suggest(str(key), known, preferred)
+            hint = f" (did you mean '{close}'?)" if close else ""
             raise UserError(f"{path}: unknown key '{key}'{hint}")
     return recipe
 
@@ -139,15 +173,16 @@ def parse_recipe(
     """Parse `--config RECIPE.yaml [--key value ...]`; return the three dataclasses and the resolved recipe."""
     dataclass_types = (script_args_cls, training_config_cls, ModelConfig)
     known = _known_keys(dataclass_types)
-    argv = list(argv)
+    preferred = _known_keys((script_args_cls, ModelConfig))
+    argv = _with_aliases(list(argv))
     if "--config" not in argv or argv.index("--config") == len(argv) - 1:
         raise UserError("no recipe given: pass --config RECIPE.yaml (see recipes/)")
     recipe_path = argv[argv.index("--config") + 1]
-    recipe = _read_recipe(recipe_path, known)
+    recipe = _read_recipe(recipe_path, known, preferred)
     for key in _cli_keys(argv):
         if key not in known and key not in ("help", "h"):
-            close = difflib.get_close_matches(key, known, n=1)
-            raise UserError(f"unknown flag --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))
+            close = suggest(key, known, preferred)
+            raise UserError(f"unknown flag --{key}" + (f" (did you mean --{close}?)" if close else ""))
 
     parser = _Parser(dataclass_types)
     # Machine-dependent defaults that a recipe may still override: bf16 mixed precision and pinned
@@ -165,8 +200,8 @@ def parse_recipe(
         parse_argv += ["--fp16", "false"]
     try:
         script_args, training_args, model_args = parser.parse_args_and_config(args=parse_argv)
-    except ValueError as exc:
-        raise UserError(f"{recipe_path}: {exc}") from None
+    except ValueError as exc:  # TrainingArguments' own checks; some span several lines
+        raise UserError(f"{recipe_path}: {' '.join(str(exc).split())}") from None
     # 'resume_from_checkpoint: true' means the latest checkpoint in output_dir (Trainer wants True).
     if str(training_args.resume_from_checkpoint).lower() in ("true", "latest"):
         training_args.resume_from_checkpoint = True
@@ -177,9 +212,13 @@ def parse_recipe(
                         f"not '{script_args.synthetic_builder}'")
     if script_args.lora_scope not in LORA_SCOPES:
         raise UserError(f"{recipe_path}: lora_scope must be one of {', '.join(LORA_SCOPES)}, not '{script_args.lora_scope}'")
+    check_numbers((script_args, training_args, model_args), recipe_path, _cli_keys(argv))
 
     # The resolved recipe: every key the YAML or the command line set, with its final value.
-    set_keys = [k for k in recipe if k != "env"] + [k for k in _cli_keys(argv) if k not in recipe]
+    # (overwrite_output_dir is what this launch does to its folder, not how the run was made: a recipe.yaml
+    # reused as --config must not replace another folder's run; the command line above it still says it)
+    set_keys = [k for k in recipe if k not in ("env", "overwrite_output_dir")]
+    set_keys += [k for k in _cli_keys(argv) if k not in recipe and k != "overwrite_output_dir"]
     values = {}
     for obj in (script_args, training_args, model_args):
         values.update({f.name: getattr(obj, f.name) for f in fields(obj)})
@@ -190,6 +229,54 @@ def parse_recipe(
     if "env" in recipe:
         resolved = {"env": recipe["env"], **resolved}
     return script_args, training_args, model_args, resolved
+
+
+# --- numbers the libraries would reject later -----------------------------------------------
+# key → (test, what it must be). A negative batch size or rank otherwise surfaces deep in a DataLoader
+# or peft, after the model is loaded; a seed outside numpy's range at the first optimizer step.
+_SEED = (lambda v: 0 <= v < 2**32, "between 0 and 2**32 - 1")
+NUMBER_RULES = {
+    "per_device_train_batch_size": (lambda v: v >= 1, "at least 1"),
+    "per_device_eval_batch_size": (lambda v: v >= 1, "at least 1"),
+    "gradient_accumulation_steps": (lambda v: v >= 1, "at least 1"),
+    "lora_r": (lambda v: v >= 1, "at least 1"),
+    "lora_alpha": (lambda v: v > 0, "positive"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "learning_rate": (lambda v: v >= 0, "0 or more"),
+    "weight_decay": (lambda v: v >= 0, "0 or more"),
+    "warmup_steps": (lambda v: v >= 0, "0 or more"),
+    "max_grad_norm": (lambda v: v >= 0, "0 or more"),
+    "max_steps": (lambda v: v == -1 or v >= 1, "at least 1 (or -1: num_train_epochs decides)"),
+    "logging_steps": (lambda v: v > 0, "positive"),
+    "save_steps": (lambda v: v > 0, "positive"),
+    "eval_steps": (lambda v: v > 0, "positive"),
+    "save_total_limit": (lambda v: v >= 1, "at least 1 (or null: keep every checkpoint)"),
+    "dataloader_num_workers": (lambda v: v >= 0, "0 or more"),
+    "seed": _SEED, "data_seed": _SEED, "tiny_model_seed": _SEED, "synthetic_seed": _SEED,
+    "max_train_samples": (lambda v: v >= 1, "at least 1 (or null: all rows)"),
+    "max_eval_samples": (lambda v: v >= 1, "at least 1 (or null: all rows)"),
+    "num_validation_samples": (lambda v: v >= 0, "0 or more"),
+    "validation_max_new_tokens": (lambda v: v >= 1, "at least 1"),
+    "image_longest_edge": (lambda v: v >= 1, "at least 1 px (or null: the processor's default)"),
+    "max_length": (lambda v: v >= 1, "at least 1 (or null: no truncation)"),
+    "synthetic_image_size": (lambda v: v >= 16, "at least 16 px"),
+    "synthetic_sizes": (lambda v: len(v) == 3 and all(n >= 0 for n in v), "three row counts ≥ 0 (train val test)"),
+    "beta": (lambda v: v > 0, "positive"),  # DPO
+}
+
+
+def check_numbers(objects, recipe_path: str, cli_keys: list[str]) -> None:
+    """One line for a number out of range, naming the key and where it was set (flag or recipe)."""
+    for obj in objects:
+        for name, (ok, want) in NUMBER_RULES.items():
+            value = getattr(obj, name, None)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float, list)) or ok(value):
+                continue
+            where = f"--{name} on the command line" if name in cli_keys else recipe_path
+            raise UserError(f"{name} must be {want}, not {_plain(value)} ({where})")
+    training_args = objects[1]
+    if getattr(training_args, "max_steps", -1) == -1 and getattr(training_args, "num_train_epochs", 1) <= 0:
+        raise UserError(f"num_train_epochs must be positive when max_steps is -1, not {training_args.num_train_epochs}")
 
 
 def _plain(value):

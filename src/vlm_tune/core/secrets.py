@@ -67,3 +67,30 @@ def scrub_argv(argv: list[str]) -> list[str]:
         else:
             out.append(scrub_text(arg, secrets))
     return out
+
+
+def scrub_fields(obj, skip: tuple[str, ...] = ()) -> list[str]:
+    """Scrub secret values out of a dataclass's text fields (str, or lists of str) in place, before the object
+    is pickled or handed to a tracker (TrainingArguments: `training_args.bin`, W&B config, TensorBoard
+    hparams); `skip` names fields that are paths (renaming a folder would write elsewhere). Returns the
+    names of the fields that held a secret."""
+    from dataclasses import fields, is_dataclass
+
+    if not is_dataclass(obj):
+        return []
+    secrets = secret_values()
+    changed = []
+    for f in fields(obj):
+        value = getattr(obj, f.name, None)
+        if f.name in skip or not value:
+            continue
+        if isinstance(value, str):
+            clean = scrub_text(value, secrets)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            clean = [scrub_text(v, secrets) for v in value]
+        else:
+            continue
+        if clean != value:
+            setattr(obj, f.name, clean)
+            changed.append(f.name)
+    return changed

@@ -1,5 +1,9 @@
 """ChartQA-style data: load (saved dataset, parquet, or hub name) → validate → TRL prompt/completion rows.
 
+Validation happens before training, split by split, and names the split and row: `get_split` checks
+columns, their types and that the split is not empty; `check_rows` reads every row a run will use
+(labels present, images decodable) without keeping the pixels.
+
 Rows become TRL's conversational prompt-completion format with an `images` list, so TRL's vision
 collator puts loss on the answer only (with `messages` rows the question and image tokens would
 carry loss too).
@@ -29,7 +33,10 @@ def load_splits(dataset_name: str, dataset_config: str | None = None) -> dataset
     path = Path(os.path.expanduser(dataset_name))
     try:
         if (path / "dataset_dict.json").is_file():
-            return datasets.load_from_disk(str(path))
+            try:
+                return datasets.load_from_disk(str(path))
+            except IndexError:  # datasets cannot concatenate the zero shards of a split saved empty
+                raise UserError(f"dataset {dataset_name} [{_empty_saved_split(path)}] is empty (0 rows)") from None
         if path.is_file() and path.suffix == ".parquet":
             return datasets.load_dataset("parquet", data_files={"train": str(path)})
         if path.is_dir():
@@ -47,7 +54,24 @@ def load_splits(dataset_name: str, dataset_config: str | None = None) -> dataset
                         f"and set dataset_name: DIR") from None
 
 
+def _empty_saved_split(path: Path) -> str:
+    """The name of a `save_to_disk` split that has no data files ('?' if none is found)."""
+    import json
+
+    try:
+        names = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        for name in names:
+            state = json.loads((path / name / "state.json").read_text(encoding="utf-8"))
+            if not state.get("_data_files"):
+                return name
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "?"
+
+
 def get_split(splits: datasets.DatasetDict, split: str, dataset_name: str, limit: int | None = None) -> datasets.Dataset:
+    """One split, its first `limit` rows; refused in one line when it is missing, empty, or lacks a
+    column or has one of the wrong type."""
     if split not in splits:
         raise UserError(f"dataset {dataset_name} has no split '{split}' (it has: {', '.join(splits)})")
     dataset = splits[split]
@@ -57,9 +81,84 @@ def get_split(splits: datasets.DatasetDict, split: str, dataset_name: str, limit
             f"dataset {dataset_name} [{split}] lacks column(s) {', '.join(missing)} "
             f"(needs ChartQA's image, query, label; has {', '.join(dataset.column_names)})"
         )
+    check_column_types(dataset, f"dataset {dataset_name} [{split}]")
+    if len(dataset) == 0:
+        raise UserError(f"dataset {dataset_name} [{split}] is empty (0 rows)")
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return dataset
+
+
+# --- validate --------------------------------------------------------------------------------
+def _is_text(feature) -> bool:
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _is_text_list(feature) -> bool:
+    inner = getattr(feature, "feature", None)  # datasets.List / Sequence / LargeList
+    return isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)) and _is_text(inner)
+
+
+def _describe(feature) -> str:
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    inner = getattr(feature, "feature", None)
+    return f"a list of {_describe(inner)}" if inner is not None else type(feature).__name__
+
+
+def check_column_types(dataset: datasets.Dataset, where: str) -> None:
+    """query must be text; label text or a list of texts (ChartQA's accepted answers); image an image
+    (datasets' Image, or a {bytes, path} struct as other tools write parquet)."""
+    features = dataset.features
+    if not _is_text(features["query"]):
+        raise UserError(f"{where}: column 'query' holds {_describe(features['query'])}, expected text")
+    if not (_is_text(features["label"]) or _is_text_list(features["label"])):
+        raise UserError(f"{where}: column 'label' holds {_describe(features['label'])}, expected text or a list "
+                        f"of texts (ChartQA's accepted answers, e.g. [\"42\"])")
+    image = features["image"]
+    if not (isinstance(image, datasets.Image) or (isinstance(image, dict) and {"bytes", "path"} & set(image))):
+        raise UserError(f"{where}: column 'image' holds {_describe(image)}, expected images "
+                        f"(datasets.Image, or {{bytes, path}} structs)")
+
+
+def _verify_image(value) -> None:
+    """Raise if an image cell cannot be decoded: PNG is checked chunk by chunk (CRCs, no pixels kept),
+    other formats are decoded at reduced size (JPEG draft mode) — much cheaper than a full decode."""
+    if isinstance(value, Image.Image):
+        return
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        opened = lambda: Image.open(io.BytesIO(value["bytes"]))  # noqa: E731
+    elif isinstance(value, dict) and value.get("path"):
+        opened = lambda: Image.open(value["path"])  # noqa: E731
+    else:
+        raise ValueError("no image data")
+    with opened() as image:
+        image.verify()
+    if image.format != "PNG":  # verify() checks little beyond the header for most other formats
+        with opened() as image:
+            image.draft("RGB", (64, 64))
+            image.load()
+
+
+def check_rows(dataset: datasets.Dataset, where: str, indices: list[int] | None = None) -> None:
+    """Every row a run will use (all, or `indices`): a usable label, a text query and an image that
+    decodes; the first bad one is a UserError naming `where` and the row. Run before training, so a
+    bad test or validation row cannot surface after hours of training."""
+    dataset = undecoded_images(dataset).select_columns(list(REQUIRED_COLUMNS))
+    numbers = range(len(dataset)) if indices is None else indices
+    for index, row in zip(numbers, dataset if indices is None else dataset.select(indices)):
+        try:
+            answer_of(row["label"])
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{where} row {index}: bad label {row['label']!r} ({exc})") from None
+        if not isinstance(row["query"], str) or not row["query"].strip():
+            raise UserError(f"{where} row {index}: empty query")
+        try:
+            _verify_image(row["image"])
+        except Image.UnidentifiedImageError:
+            raise UserError(f"{where} row {index}: unreadable image (not an image format PIL can read)") from None
+        except Exception as exc:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, …)
+            raise UserError(f"{where} row {index}: unreadable image ({type(exc).__name__}: {exc})") from None
 
 
 # --- format ----------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from trl import SFTConfig
 
 from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.config import parse_recipe
+from vlm_tune.core.errors import UserError
+from vlm_tune.core.io import check_output_path
 from vlm_tune.core.modeling import load_for_inference
 from vlm_tune.data.rows import get_split, load_splits
 from vlm_tune.data.scoring import evaluate_split, format_table, write_results
@@ -39,7 +41,16 @@ def _parse_args(argv: list[str]):
                                              "scenes: ADAPTER/captions-SPLIT or runs/scenes-base/captions-SPLIT)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, help="default: 16 (ChartQA answers), 48 (scenes captions)")
-    return parser.parse_known_args(argv)
+    args, recipe_argv = parser.parse_known_args(argv)
+    for flag in ("limit", "batch_size", "max_new_tokens"):  # 0 or less: nothing to score, or a crash later
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"vlm-tune eval: --{flag} must be at least 1, not {value}")
+    if args.output_dir:
+        check_output_path(args.output_dir, "--output_dir", folder=True)
+    if args.adapter and not Path(args.adapter).is_dir():
+        raise UserError(f"vlm-tune eval: --adapter {args.adapter}: no such folder")
+    return args, recipe_argv
 
 
 # --- command ---------------------------------------------------------------------------------

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 
 import torch
 
 from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
+from vlm_tune.core.io import atomic_write_text, check_output_path
 from vlm_tune.plan.measure import measure_activations
 from vlm_tune.plan.memory import count_params, estimate_memory, process_rss_mb
 from vlm_tune.plan.models import meta_model, resolve_model_config, resolve_processor
@@ -46,6 +46,15 @@ def warnings_for(tokens: dict) -> list[str]:
         found.append(f"max_length {max_length} leaves < 10 % headroom over the longest sampled row ({seq['max']}); "
                      f"unsampled rows may be longer")
     return found
+
+
+def stand_in_warning(data_source: str, script_args) -> list[str]:
+    """Planning on synthetic rows instead of the recipe's dataset is said loudly, not only in the data line
+    (the recipe building its own synthetic data on first use is the expected case, not a warning)."""
+    if not data_source.startswith("synthetic") or script_args.synthetic_dataset:
+        return []
+    return [f"dataset {script_args.dataset_name} is not on this machine: tokens were counted on synthetic "
+            f"stand-in rows; save the dataset locally and pass --dataset_name DIR for its real numbers"]
 
 
 def format_report(plan: dict) -> str:
@@ -122,6 +131,10 @@ def plan(argv: list[str]) -> dict:
     opts, recipe_argv = parser.parse_known_args(argv)
     if opts.samples < 1:
         raise UserError("--samples must be at least 1")
+    if opts.num_processes is not None and opts.num_processes < 1:
+        raise UserError(f"--num_processes must be at least 1, not {opts.num_processes}")
+    if opts.json_path:
+        check_output_path(opts.json_path, "--json", folder=False)
     baseline_mb = _import_training_stack()
 
     from trl import SFTConfig
@@ -159,14 +172,13 @@ def plan(argv: list[str]) -> dict:
         "tokens": tokens,
         "parameters": counts,
         "memory_mb": memory,
-        "warnings": warnings_for(tokens),
+        "warnings": warnings_for(tokens) + stand_in_warning(data_source, script_args),
     }
     if opts.measure:
         result["measured"] = measure_activations(rows, tokens["sequence_lengths"], processor, model_args, script_args,
                                                  training_args)
     if opts.json_path:
-        Path(opts.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.json_path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(opts.json_path, json.dumps(result, indent=2) + "\n")
     return result
 
 

@@ -6,6 +6,7 @@ lengths are the trained ones (and the image tokens also with the other tiling se
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -25,14 +26,29 @@ def _synthetic_split(script_args, n: int):
                          question_types=types)["train"], size
 
 
+def _stand_in_allowed(script_args) -> bool:
+    """Synthetic rows may stand in only for a dataset the recipe builds on first use, or for a hub
+    dataset (`owner/name`) that is not on this machine; a local path that is missing or unreadable is an
+    error — planning on made-up data would answer for a dataset that does not exist."""
+    from vlm_tune.core.hub import is_hub_id
+
+    name = script_args.dataset_name or ""
+    if os.path.exists(os.path.expanduser(name)):
+        return False
+    return bool(script_args.synthetic_dataset) or is_hub_id(name)
+
+
 def sample_rows(script_args, n: int) -> tuple[list[dict], str]:
     """`n` training rows spread evenly over the split, formatted as `vlm-tune sft` formats them. A dataset
-    that cannot be loaded (not built yet, hub unreachable) is replaced by synthetic rows, and said so."""
+    the recipe builds on first use, or a hub dataset not reachable from here, is replaced by synthetic
+    rows, and said so (in the data line and a warning); a missing local dataset is an error."""
     from vlm_tune.data.rows import format_row, get_split, load_splits, undecoded_images
 
     try:
         splits = load_splits(script_args.dataset_name, script_args.dataset_config)
     except UserError as exc:
+        if not _stand_in_allowed(script_args):
+            raise
         split, size = _synthetic_split(script_args, n)
         reason = "the recipe builds it on first use" if script_args.synthetic_dataset else str(exc).split(" (")[0]
         source = f"synthetic {script_args.synthetic_builder} ({len(split)} rows, {size} px; dataset not used: {reason})"

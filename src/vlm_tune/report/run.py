@@ -35,30 +35,68 @@ class Run:
     validation: dict[int, list[dict]] = field(default_factory=dict)
 
 
-def _json(path: Path, default=None):
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else default
+def _broken(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what}; fix or delete it (a crashed run still reports without it)")
+
+
+def _json(path: Path, default=None, kind: type = dict):
+    """A JSON file of the run (`default` when absent); unreadable or of the wrong shape: one line naming it."""
+    if not path.is_file():
+        return default
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _broken(path, f"not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(value, kind):
+        raise _broken(path, f"expected a JSON {'object' if kind is dict else kind.__name__}, found {type(value).__name__}")
+    return value
+
+
+def _recipe(path: Path) -> tuple[dict, str]:
+    """(resolved recipe, the command that ran it) from recipe.yaml."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        recipe = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise _broken(path, f"not valid YAML{where}") from None
+    if not isinstance(recipe, dict):
+        raise _broken(path, f"expected a mapping of key: value, found {type(recipe).__name__}")
+    commands = [line[1:].strip() for line in text.splitlines()[:3] if line.startswith("#   ")]
+    return recipe, commands[0] if commands else ""
+
+
+def _log_history(path: Path) -> list[dict]:
+    history = (_json(path, {}) or {}).get("log_history", [])
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        raise _broken(path, "its log_history is not a list of objects")
+    return history
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Everything sft/dpo leave in a run folder; missing pieces stay empty (a crashed run still reports)."""
+    """Everything sft/dpo leave in a run folder; missing pieces stay empty (a crashed run still reports).
+    A piece that is there but unreadable is one UserError line naming the file."""
     path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"run folder not found: {run_dir}")
     if not (path / "recipe.yaml").is_file() and not (path / "trainer_state.json").is_file():
         raise UserError(f"{run_dir} is not a run folder (no recipe.yaml or trainer_state.json)")
     run = Run(path=path, name=path.resolve().name)
     if (path / "recipe.yaml").is_file():
-        text = (path / "recipe.yaml").read_text(encoding="utf-8")
-        run.recipe = yaml.safe_load(text) or {}
-        commands = [line[1:].strip() for line in text.splitlines()[:3] if line.startswith("#   ")]
-        run.command = commands[0] if commands else ""
+        run.recipe, run.command = _recipe(path / "recipe.yaml")
     run.summary = _json(path / "run_summary.json", {})
     run.train_results = _json(path / "train_results.json", {})
-    run.log_history = (_json(path / "trainer_state.json", {}) or {}).get("log_history", [])
+    run.log_history = _log_history(path / "trainer_state.json")
     for name in HELD_OUT_ORDER:
         metrics = _json(path / "eval" / name / "metrics.json")
         if metrics:
             run.held_out[name] = metrics
     run.preference = _json(path / "preference_eval.json")
-    run.validation = read_steps(path)
+    try:
+        run.validation = read_steps(path)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _broken(path / "validation", f"a step file is not valid JSON lines ({exc})") from None
     return run
 
 

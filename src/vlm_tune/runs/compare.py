@@ -6,9 +6,13 @@ Writes into the output folder (default: `compare/` beside the runs):
 - `compare.html` (self-contained) and `compare.md`: a table with only the recipe keys whose values
   differ across the runs' `recipe.yaml` (run identity — output_dir, run_name, run_tags,
   resume_from_checkpoint — is the row label, not a difference), final loss, eval metrics, time and
-  memory; a mean ± sd table when runs repeat a config over several seeds; the overlaid curves;
-  the same validation samples as answered by every run (last checkpoint);
+  memory; a mean ± sd table when runs repeat a config over several seeds; the overlaid curves; the
+  same validation samples as answered by every run that has them (last checkpoint);
 - `loss.png`, `learning_rate.png`, `accuracy.png`, `gallery.png` and `compare.json` (the table as data).
+
+Runs of different jobs (an SFT run beside a DPO run) compare too: a `job` column, each run's own
+metrics side by side (a metric a run does not have is `–`). Everything is written into a staging
+folder first and moved in at the end: a failure leaves the output folder as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 
 from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.io import atomic_write_text
+from vlm_tune.core.io import atomic_write_text, check_output_path, staged_folder
 from vlm_tune.core.markdown import fmt, pct
 from vlm_tune.core.runfiles import ACCURACY_KEY, VALIDATION_DIR
 from vlm_tune.report.page import Img, Mark, Page
@@ -39,6 +43,14 @@ def config_differences(recipes: list[dict]) -> list[str]:
     for recipe in recipes:
         keys += [k for k in recipe if k not in keys and k not in IDENTITY_KEYS and k != "env"]
     return [k for k in keys if len({json.dumps(r.get(k, MISSING), sort_keys=True, default=str) for r in recipes}) > 1]
+
+
+def job_kind(run: Run) -> str:
+    """sft / dpo, from the command recipe.yaml records (else what the run folder holds)."""
+    words = run.command.split()
+    if len(words) > 1 and words[0] == "vlm-tune":
+        return words[1]
+    return "dpo" if run.preference else "sft" if run.held_out or run.validation else "?"
 
 
 def run_labels(runs: list[Run]) -> list[str]:
@@ -107,8 +119,15 @@ def last_validation(run: Run) -> dict[int, dict]:
     return {r["index"]: r for r in run.validation[max(run.validation)]} if run.validation else {}
 
 
+def with_validation(runs: list[Run], labels: list[str]) -> tuple[list[Run], list[str]]:
+    """The runs that have validation samples (a DPO run trains on pairs and has none), with their labels."""
+    kept = [(run, label) for run, label in zip(runs, labels) if run.validation]
+    return [run for run, _ in kept], [label for _, label in kept]
+
+
 def gallery_png(runs: list[Run], labels: list[str], path: Path, max_rows: int = 10) -> Path | None:
     """One picture of the same validation samples as answered by every run (green right, red wrong)."""
+    runs, labels = with_validation(runs, labels)
     samples = [last_validation(run) for run in runs]
     indices = [i for i in samples[0] if all(i in s for s in samples)][:max_rows] if samples else []
     if not indices:
@@ -141,8 +160,11 @@ def gallery_png(runs: list[Run], labels: list[str], path: Path, max_rows: int = 
 
 
 def gallery_rows(runs: list[Run], labels: list[str]) -> tuple[list[str], list[list]]:
+    runs, labels = with_validation(runs, labels)
+    if not runs:
+        return [], []
     samples = [last_validation(run) for run in runs]
-    indices = [i for i in samples[0] if all(i in s for s in samples)] if samples else []
+    indices = [i for i in samples[0] if all(i in s for s in samples)]
     run0 = runs[0]
     rows = []
     for index in indices:
@@ -167,8 +189,7 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     runs: list[Path] = []
     for path in map(Path, paths):
         if (path / "sweep.json").is_file():
-            sweep = json.loads((path / "sweep.json").read_text(encoding="utf-8"))
-            runs += [path / r["name"] for r in sweep.get("runs", []) if (path / r["name"] / "run_summary.json").is_file()]
+            runs += sweep_runs(path / "sweep.json")
         elif (path / "recipe.yaml").is_file() or (path / "trainer_state.json").is_file():
             runs.append(path)
         elif path.is_dir():
@@ -178,16 +199,37 @@ def expand_run_dirs(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
+def sweep_runs(sweep_file: Path) -> list[Path]:
+    """The finished runs a sweep.json lists."""
+    try:
+        sweep = json.loads(sweep_file.read_text(encoding="utf-8"))
+        names = [r["name"] for r in sweep.get("runs", [])]
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError, KeyError) as exc:
+        raise UserError(f"{sweep_file}: not a readable sweep file ({type(exc).__name__}: {exc})") from None
+    return [sweep_file.parent / name for name in names if (sweep_file.parent / name / "run_summary.json").is_file()]
+
+
 def compare_runs(run_dirs: list[str | Path], output_dir: str | Path | None = None) -> Path:
     """Write the comparison of `run_dirs` (run or sweep folders); return the HTML path."""
     run_dirs = expand_run_dirs(run_dirs)
     if len(run_dirs) < 2:
         raise UserError("compare needs at least two run folders")
-    runs = [load_run(d) for d in run_dirs]
+    runs = [load_run(d) for d in run_dirs]  # a broken file in any run: one line, before anything is written
     out = Path(output_dir) if output_dir else default_output_dir(run_dirs)
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_path(out, "output folder", folder=True)
+    with staged_folder(out) as staging:
+        write_comparison(runs, staging)
+    return out / "compare.html"
+
+
+def write_comparison(runs: list[Run], out: Path) -> None:
+    """compare.json, the plots and the page of `runs` into `out`."""
     labels = run_labels(runs)
     differing = config_differences([r.recipe for r in runs])
+    kinds = [job_kind(r) for r in runs]
+    if len(set(kinds)) > 1:  # an SFT run beside a DPO run: say which is which
+        differing = ["job"] + differing
+        runs = [_with_job(r, k) for r, k in zip(runs, kinds)]
     outcomes = [outcome(r) for r in runs]
     metric_keys = [k for k in dict.fromkeys(k for o in outcomes for k in o) if any(o.get(k) is not None for o in outcomes)]
 
@@ -245,7 +287,13 @@ def compare_runs(run_dirs: list[str | Path], output_dir: str | Path | None = Non
     if gallery is not None:
         page.text("The same gallery as one picture: gallery.png", muted=True)
     page.write(out / "compare.html", out / "compare.md", " · ".join(str(r.path) for r in runs))
-    return out / "compare.html"
+
+
+def _with_job(run: Run, kind: str) -> Run:
+    """A copy of `run` whose recipe also says its job (the `job` column)."""
+    from dataclasses import replace
+
+    return replace(run, recipe={"job": kind, **run.recipe})
 
 
 # --- command ---------------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 A job module (sft.py, dpo.py) reads parse → load → format → trainer → run, and calls these shared steps:
 
-    setup              recipe → dataclasses, tracker checks, first-use assets (tiny model, synthetic data)
+    setup              recipe → dataclasses, tracker checks, the output folder (one run per folder: refused
+                       unless --overwrite or --resume_from_checkpoint), first-use assets (tiny model,
+                       synthetic data)
     load_processor     the processor of the recipe's model (loaded first: a missing model is the first error)
-    wire_trainer       fp32 adapters, no backward through the frozen vision tower, trackers on, and the
+    wire_trainer       (--overwrite: the old run's files go now, once the data and model have loaded)
+                       fp32 adapters, no backward through the frozen vision tower, trackers on, and the
                        job's measurements (validation samples, throughput, batch trace)
     train_and_report   train → save → summary → recipe.yaml → the job's own results → run_summary.json
-                       → report → trackers off
+                       → report → trackers off. Resuming a run that already reached its last step trains
+                       nothing: its weights and state are loaded and the after-training work is redone.
 
 Only the main process (rank 0) writes recipe.yaml, the job's results, run_summary.json and the report,
 and prints the summary.
@@ -15,6 +19,7 @@ and prints the summary.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -25,12 +30,14 @@ from typing import Any, Callable
 
 from vlm_tune.core.config import VlmScriptArguments, parse_recipe, write_resolved_recipe
 from vlm_tune.core import modeling
-from vlm_tune.core.modeling import FrozenVisionNoGrad, count_parameters, keep_adapters_fp32
+from vlm_tune.core.modeling import count_parameters, keep_adapters_fp32
 from vlm_tune.data.assets import ensure_assets
 from vlm_tune.report.run_report import write_report_safely
 from vlm_tune.train import tracking, validation
+from vlm_tune.train.frozen_vision import keep_vision_frozen
 from vlm_tune.train.multiprocess import trace_batches_if_asked, use_gloo_without_gpu
-from vlm_tune.train.summary import checkpoint_step, print_summary, run_summary, write_summary
+from vlm_tune.train.run_folder import ResumePlan, check_output_dir, clear_run, plan_resume
+from vlm_tune.train.summary import print_summary, run_summary, write_summary
 from vlm_tune.train.throughput import attach_throughput
 
 
@@ -58,6 +65,7 @@ class TrainingRun:
     training_args: Any
     model_args: Any
     resolved: dict  # what the recipe and the command line asked for (recipe.yaml, trackers)
+    resume: ResumePlan | None = None  # what resume_from_checkpoint continues from
 
     @property
     def output_dir(self) -> Path:
@@ -75,7 +83,10 @@ def setup(job: Job, argv: list[str] | None) -> TrainingRun:
     if job.multi_process:
         use_gloo_without_gpu()  # before the TrainingArguments set up the distributed state
     script_args, training_args, model_args, resolved = parse_recipe(argv, job.config_class, job.script_class)
-    tracking.prepare(training_args, resolved)  # no token as a recipe key; run_name; tracker packages
+    check_output_dir(training_args, script_args.overwrite_output_dir)  # one run per folder, before any write
+    resume = plan_resume(training_args, model_args)  # nothing to resume: one line now, not after loading
+    # no token as a recipe key, no secret in run_name/run_tags; run_name; tracker packages
+    tracking.prepare(training_args, resolved, script_args)
     if job.multi_process and "ddp_find_unused_parameters" not in resolved:
         # LoRA uses every trainable parameter each step: skip DDP's extra graph walk (and its
         # failure with gradient checkpointing).
@@ -85,7 +96,7 @@ def setup(job: Job, argv: list[str] | None) -> TrainingRun:
         one_builder = training_args.main_process_first(desc="building first-use assets")
     with one_builder:
         ensure_assets(script_args, model_args)
-    return TrainingRun(job, argv, script_args, training_args, model_args, resolved)
+    return TrainingRun(job, argv, script_args, training_args, model_args, resolved, resume)
 
 
 def load_processor(run: TrainingRun):
@@ -98,8 +109,12 @@ def load_processor(run: TrainingRun):
 # --- trainer wiring --------------------------------------------------------------------------
 def wire_trainer(trainer, run: TrainingRun, processor=None, splits=None) -> None:
     """What every job adds to its TRL trainer; `splits` (with `processor`): validation samples from them."""
+    if run.script_args.overwrite_output_dir:  # the old run goes only now that data and model have loaded
+        with run.training_args.main_process_first(desc="clearing the previous run"):
+            if trainer.is_world_process_zero():
+                clear_run(run.output_dir)
     keep_adapters_fp32(trainer.model)
-    trainer.add_callback(FrozenVisionNoGrad())  # no backward through the frozen vision tower
+    keep_vision_frozen(trainer.model)  # no backward through the frozen vision tower, at any step
     # W&B offline unless a key is set; TensorBoard in the run folder
     tracking.start(trainer, run.resolved, run.script_args.run_tags, job_type=run.job.name)
     if splits is not None:
@@ -139,15 +154,42 @@ def train_and_save(run: TrainingRun, trainer, after_training: Callable[[Any], No
     """Train, save adapter + processor, metrics and trainer state; return the run summary."""
     training_args = run.training_args
     parameters = count_parameters(trainer.model)
-    resumed_from = checkpoint_step(training_args)
+    resumed_from = run.resume.step if run.resume else None
     started = time.perf_counter()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if run.resume and run.resume.complete:
+        metrics = restore_complete_run(trainer, run)
+    else:
+        checkpoint = run.resume.checkpoint if run.resume else None
+        metrics = dict(trainer.train(resume_from_checkpoint=checkpoint).metrics)
     train_seconds = time.perf_counter() - started
     if after_training is not None:
         after_training(trainer)
     trainer.save_model(training_args.output_dir)
-    metrics = dict(train_result.metrics)
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
     return run_summary(trainer, training_args, run.model_args, metrics, parameters, train_seconds, resumed_from)
+
+
+def restore_complete_run(trainer, run: TrainingRun) -> dict:
+    """A resumed run that already reached its planned last step (killed during the after-training work,
+    or finished and resumed again): load its weights and trainer state instead of training — Trainer
+    would otherwise take one step past the end. Returns the train metrics (the saved ones if any)."""
+    from transformers import TrainerState
+
+    saved = run.resume.complete
+    print(f"resume: {saved.folder} is already at step {saved.step}, the end of this run: nothing left to train; "
+          f"finishing the after-training work")
+    trainer._load_from_checkpoint(str(saved.folder))  # Trainer's own loader (adapters, full weights, sharded)
+    trainer.state = TrainerState.load_from_json(str(saved.folder / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    if run.training_args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_best_model()
+    saved_metrics = run.output_dir / "train_results.json"
+    try:
+        metrics = json.loads(saved_metrics.read_text(encoding="utf-8")) if saved_metrics.is_file() else {}
+    except ValueError:
+        metrics = {}
+    metrics = metrics if isinstance(metrics, dict) else {}
+    metrics.setdefault("epoch", trainer.state.epoch)
+    return metrics

@@ -16,10 +16,35 @@ from pathlib import Path
 from trl import SFTConfig, SFTTrainer
 
 from vlm_tune.core.modeling import build_lora_config, check_machine, load_model
-from vlm_tune.data.rows import get_split, load_splits, to_prompt_completion
+from vlm_tune.data.rows import check_rows, get_split, load_splits, to_prompt_completion
 from vlm_tune.train.run import Job, load_processor, setup, train_and_report, wire_trainer
+from vlm_tune.train.validation import pick_indices
 
 JOB = Job("sft", SFTConfig, multi_process=True, throughput=True)
+
+
+# --- data checks -----------------------------------------------------------------------------
+def check_splits(splits, script_args, training_args) -> None:
+    """Every row this run will touch — train, val (eval loss), the validation samples, the held-out test
+    split — checked before the model loads, so a bad row cannot surface after training. Cheap: labels
+    are read and images verified, not decoded (a few seconds for all of ChartQA)."""
+    name = script_args.dataset_name
+
+    def check(split_name: str, limit: int | None = None, sample: int | None = None) -> None:
+        split = get_split(splits, split_name, name, limit)  # missing, empty, wrong column types
+        indices = pick_indices(len(split), sample) if sample else None
+        check_rows(split, f"{name} [{split_name}]", indices)
+
+    check(script_args.dataset_train_split, script_args.max_train_samples)
+    if training_args.eval_strategy != "no":
+        check(script_args.dataset_val_split, script_args.max_eval_samples)
+    if script_args.num_validation_samples > 0:  # the rows validation.attach picks (val, else test)
+        samples_split = next((s for s in (script_args.dataset_val_split, script_args.dataset_test_split)
+                              if s in splits), None)
+        if samples_split is not None:
+            check(samples_split, sample=script_args.num_validation_samples)
+    if script_args.eval_after_train:
+        check(script_args.dataset_test_split, script_args.max_eval_samples)
 
 
 # --- held-out evaluation ---------------------------------------------------------------------
@@ -65,6 +90,7 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     eval_split = None
     if training_args.eval_strategy != "no":
         eval_split = get_split(splits, script_args.dataset_val_split, script_args.dataset_name, script_args.max_eval_samples)
+    check_splits(splits, script_args, training_args)  # every split and row the run uses, before the model loads
     check_machine(run.resolved, model_args)
     model = load_model(model_args, training_args.trust_remote_code, script_args.train_vision_tower)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from vlm_tune.core.io import atomic_write_text
+
 
 # --- summary ---------------------------------------------------------------------------------
 def run_summary(trainer, training_args, model_args, metrics: dict, parameters: tuple[int, int],
@@ -41,30 +43,18 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 # --- resume ----------------------------------------------------------------------------------
-def checkpoint_step(training_args) -> int | None:
-    """The step a resumed run starts from (None: not resuming)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    resume = training_args.resume_from_checkpoint
-    if not resume:
-        return None
-    checkpoint = get_last_checkpoint(training_args.output_dir) if resume is True else resume
-    state = Path(checkpoint or "") / "trainer_state.json"
-    return json.loads(state.read_text(encoding="utf-8"))["global_step"] if state.is_file() else None
-
-
 def run_train_loss(trainer, metrics: dict, resumed_from: int | None) -> float:
     """Mean training loss of the whole run. After a resume the Trainer's train_loss averages only
     the steps of this process (0 when nothing was left to do); the restored log history has them all."""
     if resumed_from is None:
         return float(metrics.get("train_loss", float("nan")))
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    losses = [entry["loss"] for entry in trainer.state.log_history if isinstance(entry.get("loss"), (int, float))]
     return float(sum(losses) / len(losses)) if losses else float("nan")
 
 
 # --- out -------------------------------------------------------------------------------------
 def write_summary(out: Path, summary: dict) -> None:
-    (out / "run_summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def print_summary(summary: dict, title: str = "vlm-tune sft — run summary") -> None:

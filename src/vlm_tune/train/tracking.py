@@ -9,34 +9,43 @@
 - Secrets: values of environment variables named like `*_TOKEN`, `*_KEY`, `*SECRET*`, `*PASSWORD*`
   are replaced by `***` in what vlm-tune writes (recipe.yaml, reports, sweep files and logs), and a
   token given as a recipe key (`hub_token`) is refused, because Trainer pickles it into
-  `training_args.bin` and trackers record the command line.
+  `training_args.bin` and trackers record the command line. A secret typed into a text flag
+  (`--run_name`, `--run_tags`, ...) is scrubbed from the arguments before the Trainer or a tracker sees
+  them, and from the command line W&B records.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 from transformers import TrainerCallback
 
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.secrets import SECRET_RECIPE_KEY, scrub
+from vlm_tune.core.secrets import SECRET_RECIPE_KEY, scrub, scrub_argv, scrub_fields
 
 DEFAULT_WANDB_PROJECT = "vlm-tune"
 
 
 # --- before the trainer ----------------------------------------------------------------------
-def prepare(training_args, resolved: dict) -> None:
+# TrainingArguments fields that are paths: scrubbing would move the run, not hide a secret.
+PATH_FIELDS = ("output_dir", "logging_dir", "resume_from_checkpoint", "deepspeed", "hub_model_id")
+
+
+def prepare(training_args, resolved: dict, script_args=None) -> None:
     """Checks and defaults that must happen before the Trainer exists: no credential as a recipe key,
-    the tracker packages installed, and a readable run name (the run folder's name)."""
+    no secret value in a text argument, the tracker packages installed, and a readable run name (the
+    run folder's name)."""
     for key, value in resolved.items():
         if key != "env" and SECRET_RECIPE_KEY.match(key) and value:
             raise UserError(
                 f"'{key}' would be saved in training_args.bin and in tracker metadata; set it in the environment "
                 "instead (HF_TOKEN, WANDB_API_KEY), which vlm-tune never writes"
             )
+    scrub_arguments(training_args, script_args)
     # The command line gives one string (`--report_to wandb,tensorboard`); Trainer wants a list.
     report_to = [name.strip() for item in _report_to(training_args) for name in item.split(",") if name.strip()]
     training_args.report_to = report_to
@@ -50,6 +59,20 @@ def prepare(training_args, resolved: dict) -> None:
                 raise UserError(f"report_to {tracker} needs the '{module}' package: pip install {module}") from None
     if not training_args.run_name:
         training_args.run_name = Path(training_args.output_dir).name
+
+
+def scrub_arguments(training_args, script_args=None) -> None:
+    """Secret values typed into text arguments (`--run_name $HF_TOKEN`, a tag) become `***` before Trainer
+    pickles TrainingArguments into training_args.bin and trackers record them."""
+    changed = scrub_fields(training_args, skip=PATH_FIELDS)
+    if script_args is not None and getattr(script_args, "run_tags", None):
+        clean = scrub(list(script_args.run_tags))
+        if clean != script_args.run_tags:
+            script_args.run_tags = clean
+            changed.append("run_tags")
+    if changed:
+        print(f"note: {', '.join(changed)} held the value of a secret environment variable; written as ***",
+              file=sys.stderr)
 
 
 def _report_to(training_args) -> list[str]:
@@ -82,21 +105,33 @@ def start(trainer, resolved: dict, tags: list[str] | None = None, job_type: str 
         import wandb
 
         output_dir.mkdir(parents=True, exist_ok=True)
-        wandb.init(
-            project=os.environ.get("WANDB_PROJECT", DEFAULT_WANDB_PROJECT),
-            name=args.run_name,
-            tags=list(tags or []) or None,
-            config={"recipe": recipe, "run_tags": list(tags or [])},
-            dir=os.environ.get("WANDB_DIR") or str(output_dir),
-            mode=wandb_mode(),
-            job_type=job_type,
-            reinit="finish_previous",
-        )
+        with scrubbed_sys_argv():  # W&B records the command line in the run's metadata
+            wandb.init(
+                project=os.environ.get("WANDB_PROJECT", DEFAULT_WANDB_PROJECT),
+                name=args.run_name,
+                tags=scrub(list(tags or [])) or None,
+                config={"recipe": recipe, "run_tags": scrub(list(tags or []))},
+                dir=os.environ.get("WANDB_DIR") or str(output_dir),
+                mode=wandb_mode(),
+                job_type=job_type,
+                reinit="finish_previous",
+            )
     for cb in callbacks:
         if isinstance(cb, TensorBoardCallback):
             if cb.logging_dir is None:  # TENSORBOARD_LOGGING_DIR not set: inside the run folder, not ./runs/DATE_HOST
                 cb.logging_dir = str(output_dir / "tensorboard")
-            trainer.add_callback(_TensorBoardRecipe(cb, recipe, args.run_name, list(tags or [])))
+            trainer.add_callback(_TensorBoardRecipe(cb, recipe, args.run_name, scrub(list(tags or []))))
+
+
+@contextmanager
+def scrubbed_sys_argv():
+    """sys.argv with secret values blanked while a tracker reads it."""
+    original = sys.argv
+    sys.argv = scrub_argv(list(original))
+    try:
+        yield
+    finally:
+        sys.argv = original
 
 
 def tensorboard_writer(trainer):
