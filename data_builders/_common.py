@@ -142,10 +142,14 @@ def read_build_info(path) -> dict | None:
 
 def staged_replace(output: Path, overwrite: bool, write) -> Path:
     """write(folder) into a staging dir beside output, then rename it into place: an interrupted run
-    leaves output as it was, and a non-empty output is only replaced with overwrite=True."""
+    leaves output as it was (a killed one a hidden `.NAME.tmp-*` folder, removed by the next run), and a
+    non-empty output is only replaced with overwrite=True."""
     output = Path(output)
     refuse_nonempty(output, overwrite)
     output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in output.parent.iterdir():  # staging left by a run killed with SIGKILL (no finally ran)
+        if stale.name.startswith(f".{output.name}.tmp-") and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
         write(staging / "new")

@@ -5,8 +5,10 @@ ratings into preference pairs a DPOTrainer can learn the *team's* taste from, an
 the team agreed before anyone trains on it. Every input row is accounted for: it is either used
 or dropped with a named reason, and report.json / report.md list the counts with examples.
 
-Input: a CSV, JSONL or Parquet file (by extension) with columns `image` (path relative to the
-ratings file's folder), `prompt`, `rater`, `score` and optionally `response`; or an Argilla v2 or
+Input: a CSV, JSONL or Parquet file (by extension; CSV with commas — another delimiter is refused in
+one line) with columns `image` (path relative to the ratings file's folder; an image outside it, '../'
+or absolute, is refused unless --allow_outside_images), `prompt`, `rater`, `score` and optionally
+`response`; or an Argilla v2 or
 Label Studio export (detected from the file, or --format argilla|labelstudio), mapped to those
 columns (imports.py; --image_field / --prompt_field / --response_field / --question).
 - with `response` (response mode): a group is one (image, prompt), its items are the responses;
@@ -32,7 +34,7 @@ Usage:
     python -m data_builders.ratings --ratings team/ratings.csv --output artifacts/dpo-pairs \\
         [--scale 1-5|LO-HI|infer] [--no_zscore] [--min_raters 2] [--margin 0.0] \\
         [--pairs best-worst|all|adjacent] [--length_match 0.5] [--min_alpha 0.667] \\
-        [--strict] [--test_size 0.1] [--seed 0] [--both_orders] [--overwrite] \\
+        [--strict] [--test_size 0.1] [--seed 0] [--both_orders] [--overwrite] [--allow_outside_images] \\
         [--format auto|csv|jsonl|parquet|argilla|labelstudio] [--image_field image] \\
         [--prompt_field prompt] [--response_field response] [--question NAME]
 

@@ -57,11 +57,13 @@ def build_pairs(
     both_orders: bool = False,
     input_format: str = "auto",
     fields: ImportFields | None = None,
+    allow_outside_images: bool = False,
 ) -> tuple[datasets.DatasetDict, dict]:
     """Ratings file -> (DatasetDict of preference pairs, report dict). Raises RatingsError.
 
     input_format: auto (by extension and content), csv, jsonl, parquet, argilla or labelstudio;
-    fields: which export fields hold image / prompt / response and the rating question (imports only).
+    fields: which export fields hold image / prompt / response and the rating question (imports only);
+    allow_outside_images: read image paths that leave the ratings file's folder ('..', absolute) too.
     """
     settings = Settings(scale, zscore, min_raters, margin, pairs, length_match, min_alpha, strict, test_size, seed,
                         both_orders)
@@ -69,7 +71,7 @@ def build_pairs(
     clock = _Clock()
     table = read_ratings(Path(ratings_path), input_format, fields)
     clock.lap("read")
-    checks = check_rows(table, bounds, _mode(table, settings))
+    checks = check_rows(table, bounds, _mode(table, settings), allow_outside_images)
     scores = normalise(table, checks, settings)
     clock.lap("validate")
     if strict:

@@ -83,6 +83,8 @@ def parse_args(argv) -> object:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="split/order seed (default %(default)s)")
     parser.add_argument("--both_orders", action="store_true", help="image mode: emit every pair in both orders")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--allow_outside_images", action="store_true",
+                        help="read images outside the ratings file's folder ('../', absolute paths); refused otherwise")
     _add_import_flags(parser)
     return parser.parse_args(argv)
 
@@ -105,6 +107,7 @@ def main(argv=None) -> int:
         both_orders=args.both_orders,
         input_format=args.format,
         fields=ImportFields(args.image_field, args.prompt_field, args.response_field, args.question),
+        allow_outside_images=args.allow_outside_images,
     )
     save_pairs(dataset_dict, report, args.output, overwrite=args.overwrite)
     a = report["agreement"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_builders.ratings.read import RatingsTable
+from data_builders.ratings.read import RatingsTable, unlimited_csv_fields
 from data_builders.ratings.schema import EXAMPLES_PER_REASON, ITEM_REASONS, REASONS
 
 # --- file lines ---
@@ -50,7 +50,7 @@ def _csv_record_lines(path: Path, n_records: int, records) -> dict[int, int]:
             return {r: int(lines[r + 1]) for r in wanted}
     out: dict[int, int] = {}
     record = -2  # the first non-blank record is the header, record -1
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle, unlimited_csv_fields():
         reader = csv.reader(handle)
         start = 1
         for row in reader:

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,20 @@ def _text_codes(values) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --- CSV ---
+# The csv module refuses a field over 128 KiB (`field larger than field limit`); Arrow and pandas have
+# parsed the file by the time it walks it (to name lines), so a long response is data, not an error.
+CSV_FIELD_LIMIT = 2**31 - 1
+OTHER_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+@contextmanager
+def unlimited_csv_fields():
+    """csv readers in this block take fields of any length (the module's limit is process-wide: restored)."""
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _csv_header(path: Path) -> list[str] | None:
@@ -76,17 +91,30 @@ def _csv_header(path: Path) -> list[str] | None:
     with open(path, "rb") as handle:
         head = handle.read(1 << 16).decode("utf-8-sig", errors="replace")
     try:
-        for row in csv.reader(io.StringIO(head, newline="")):
-            if row and any(cell.strip() for cell in row):
-                return row
+        with unlimited_csv_fields():
+            for row in csv.reader(io.StringIO(head, newline="")):
+                if row and any(cell.strip() for cell in row):
+                    return row
     except csv.Error:
         return None
     return None
 
 
+def _check_delimiter(path: Path, header: list[str] | None) -> None:
+    """A header that is one cell holding ';' (a spreadsheet's "CSV" in a comma-decimal locale), tabs or '|':
+    one line saying so, instead of 'missing required columns'."""
+    if not header or len(header) != 1:
+        return
+    found = [(header[0].count(mark), name) for mark, name in OTHER_DELIMITERS.items() if mark in header[0]]
+    if found:
+        name = max(found)[1]
+        raise RatingsError(f"{path}: the columns are separated by {name}, not commas (header {header[0][:80]!r}); "
+                           f"the builder reads comma-separated CSV: save or export the file with commas")
+
+
 def _first_long_record(path: Path) -> int | None:
     """File line of the first record with more fields than the header (error path only)."""
-    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as handle, unlimited_csv_fields():
         reader = csv.reader(handle)
         start, width = 1, None
         for row in reader:
@@ -126,6 +154,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     # (whitespace-only lines, short rows, bad UTF-8, odd quoting) goes to pandas' C parser, which
     # skips whitespace-only lines too, pads short rows with empty cells (reported row by row
     # later) and refuses rows with extra cells.
+    _check_delimiter(path, _csv_header(path))
     frame = _read_csv_arrow(path)
     if frame is not None:
         return frame

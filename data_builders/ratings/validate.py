@@ -1,10 +1,12 @@
 """Row checks: every row gets the first drop reason that applies to it (missing value, bad or
 out-of-scale score, missing or unreadable image, duplicate rater×item), items and groups get their
-codes, and --strict refuses a file with any input problem, naming its first bad row."""
+codes, and --strict refuses a file with any input problem, naming its first bad row. An image outside
+the ratings file's folder refuses the file (unless --allow_outside_images): it is never embedded silently."""
 
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,25 @@ def image_sources(table: RatingsTable) -> list:
     return [embedded[name] if name in embedded else (base / name if name else base) for name in table.columns["image"][1]]
 
 
+def refuse_outside_images(table: RatingsTable, sources: list) -> None:
+    """RatingsError naming the first row whose image is an existing file outside the ratings file's folder
+    (an absolute path, or one climbing out with '..'): it would be embedded in the pairs without a word.
+    Symlinks inside the folder are the user's own choice and stay allowed; a path that does not exist is a
+    missing image, dropped as before."""
+    codes, names = table.columns["image"]
+    for code, name in enumerate(names):
+        source = sources[code]
+        if not name or not isinstance(source, Path):
+            continue
+        climbs = os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == ".."
+        if climbs and source.is_file():
+            row = int(np.flatnonzero(codes == code)[0])
+            where = locations(table, [row])[row]
+            raise RatingsError(f"{table.path} {where}: image {name!r} is outside the ratings file's folder "
+                               f"({table.path.resolve().parent}); images are read from there only — move them in, "
+                               f"or pass --allow_outside_images to read images from anywhere")
+
+
 def _check_images(sources: list, image_codes, image_names, candidate: np.ndarray):
     """Per distinct image: (missing, unreadable) flags; opens each once.
 
@@ -94,8 +115,10 @@ def item_and_group_codes(table: RatingsTable, mode: str) -> tuple[np.ndarray, np
 # --- rows ---
 
 
-def check_rows(table: RatingsTable, bounds: tuple[float, float] | None, mode: str) -> RowChecks:
-    """Every row's first problem (if any), the scale (inferred from the valid scores when bounds is None)."""
+def check_rows(table: RatingsTable, bounds: tuple[float, float] | None, mode: str,
+               allow_outside_images: bool = False) -> RowChecks:
+    """Every row's first problem (if any), the scale (inferred from the valid scores when bounds is None);
+    an image outside the ratings file's folder refuses the file unless allow_outside_images."""
     reason = np.full(len(table), -1, dtype=np.int8)
 
     def drop(mask: np.ndarray, name: str) -> None:
@@ -121,6 +144,8 @@ def check_rows(table: RatingsTable, bounds: tuple[float, float] | None, mode: st
         drop((score < lo) | (score > hi), "out of scale")
     image_codes, image_names = table.columns["image"]
     sources = image_sources(table)
+    if not allow_outside_images:
+        refuse_outside_images(table, sources)
     missing_img, unreadable_img = _check_images(sources, image_codes, image_names, reason < 0)
     drop(missing_img[image_codes], "missing image")
     drop(unreadable_img[image_codes], "unreadable image")

@@ -283,6 +283,51 @@ def test_sigkill_leaves_no_partial_file_and_rerun_finishes(tmp_path):
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")], "no temp file left after the rerun"
 
 
+def test_a_full_disk_is_one_line_keeps_whole_captions_and_a_rerun_finishes(tmp_path, fake_model, capsys):
+    """Kill test with a full disk: the write that finds no space fails alone (atomic writes: no half file,
+    no temp file left), the error says what is kept and how to go on, the rerun finishes the set."""
+    from helpers import assert_one_line_error
+    from hostile_helpers import fill_disk, tmpfs
+
+    from vlm_tune.core.errors import run_command
+
+    with tmpfs(tmp_path / "disk", "256k") as root:
+        for i in range(6):
+            Image.new("RGB", (8, 8), COLORS["red"]).save(root / f"img{i}.png")
+        filler = fill_disk(root, leave_pages=2)  # room for two caption files
+        capsys.readouterr()
+        code = run_command(caption.main, [str(root), "--model", "unused", "--batch_size", "1"])
+        assert_one_line_error(code, capsys.readouterr().err, "caption: cannot write in", "No space left on device",
+                              "2 caption(s) written by this run are kept", "run the same command again")
+        done = sorted(root.glob("*.txt"))
+        assert len(done) == 2 and all(p.read_text() == "a red picture\n" for p in done)
+        assert not [p for p in root.iterdir() if p.name.endswith(".tmp")], "no half-written temp file"
+        kept = {p.name: p.stat().st_mtime_ns for p in done}
+
+        filler.unlink()  # space is back
+        assert run(root, "--batch_size", "1") == 0
+        assert len(list(root.glob("*.txt"))) == 6
+        assert {p.name: p.stat().st_mtime_ns for p in done} == kept, "finished captions are not redone"
+        assert (root / "caption_report.json").is_file()
+
+
+def test_no_write_is_tried_in_a_read_only_folder(tmp_path, monkeypatch):
+    """Refused before the model loads (the model is never asked for)."""
+    from hostile_helpers import read_only_folder
+
+    monkeypatch.setattr(caption, "load_captioner", lambda args, trained: pytest.fail("the model was loaded"))
+    with read_only_folder(tmp_path / "ro", make_folder) as root:
+        with pytest.raises(UserError, match="cannot write in .*read-only"):
+            run(root)
+        # captioned already, the report elsewhere: nothing to write in the folder, so it is fine
+    root = make_folder(tmp_path / "done")
+    for image in ("a.png", "sub dir/ciel bleu é.JPG", "sub dir/deeper/草 1.webp"):
+        (root / image).with_suffix(".txt").write_text("kept\n")
+    (tmp_path / "report").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) == tmp_path / "report")
+    assert run(root, "--report_dir", str(tmp_path / "report")) == 0
+
+
 # --- the real tiny model ---------------------------------------------------------------------
 def test_tiny_model_end_to_end(tmp_path, tiny_model_dir):
     root = make_folder(tmp_path / "data")

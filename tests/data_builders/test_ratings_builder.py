@@ -593,3 +593,65 @@ def test_save_pairs_refuses_non_empty_dir(sample, tmp_path):
     with pytest.raises(FileExistsError):
         save_pairs(dataset_dict, report, tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "x"
+
+
+# --- hostile files: other delimiters, images outside the folder, huge fields, a killed save ---
+
+
+def _two_raters(image="a.png"):
+    return [(image, "describe", answer, rater, score) for rater in ("r1", "r2") for answer, score in (("good", 5), ("bad", 1))]
+
+
+@pytest.mark.parametrize("delimiter, name", [(";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars")])
+def test_another_delimiter_is_named(tmp_path, capsys, delimiter, name):
+    _images(tmp_path, "a.png")
+    lines = [delimiter.join(map(str, row)) for row in [("image", "prompt", "response", "rater", "score"), *_two_raters()]]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    message = _refused(tmp_path, capsys, tmp_path / "r.csv")
+    assert f"separated by {name}, not commas" in message and "r.csv" in message
+
+
+def test_images_outside_the_folder_need_a_flag(tmp_path, capsys):
+    team = tmp_path / "team"
+    team.mkdir()
+    _images(tmp_path, "elsewhere/a.png")
+    _images(team, "inside/b.png")
+    (team / "linked").symlink_to(tmp_path / "elsewhere")  # a link the team made inside its folder: allowed
+    rows = _two_raters("../elsewhere/a.png") + _two_raters("linked/a.png") + _two_raters("inside/../inside/b.png")
+    path = _write_csv(team / "r.csv", rows)
+    message = _refused(tmp_path, capsys, path)
+    assert "line 2: image '../elsewhere/a.png' is outside the ratings file's folder" in message
+    assert "--allow_outside_images" in message
+
+    dataset_dict, report = build_pairs(path, test_size=0, allow_outside_images=True)
+    assert report["rows_used"] == 12 and len(dataset_dict["train"]) == 3
+    absolute = _write_csv(team / "abs.csv", _two_raters(str(tmp_path / "elsewhere" / "a.png")))
+    with pytest.raises(RatingsError, match="is outside the ratings file's folder"):
+        build_pairs(absolute)
+    missing = _write_csv(team / "missing.csv", _two_raters("../nowhere.png") + _two_raters("inside/b.png"))
+    assert build_pairs(missing, test_size=0)[1]["dropped"]["missing image"] == 4  # not there: dropped as before
+
+
+def test_fields_over_the_csv_modules_limit_are_read(tmp_path):
+    """A response longer than the csv module's 128 KiB field limit: the parsers read it, and naming the
+    line of a dropped row (the csv module walks the file) works too."""
+    import csv
+
+    _images(tmp_path, "a.png")
+    rows = _two_raters() + [("a.png", "describe", "x" * 300_000, "r3", "not a number")]
+    path = _write_csv(tmp_path / "r.csv", rows)
+    limit = csv.field_size_limit()
+    dataset_dict, report = build_pairs(path, test_size=0)
+    assert report["dropped"]["bad score"] == 1 and report["dropped_examples"]["bad score"][0].startswith("line 6:")
+    assert csv.field_size_limit() == limit  # the module-wide limit is left as it was
+
+
+def test_a_killed_save_leaves_staging_that_the_next_save_removes(sample, tmp_path):
+    _, dataset_dict, report = sample
+    stale = tmp_path / ".out.tmp-killed"  # what a SIGKILL mid-save leaves (no finally ran)
+    (stale / "new").mkdir(parents=True)
+    (stale / "new" / "half.arrow").write_bytes(b"\0" * 10)
+    other = tmp_path / ".other.tmp-keep"
+    other.mkdir()
+    save_pairs(dataset_dict, report, tmp_path / "out")
+    assert not stale.exists() and other.exists() and (tmp_path / "out" / "report.json").is_file()

@@ -90,3 +90,42 @@ def test_subprocess_launcher_streams_and_logs_without_secrets(tmp_path, monkeypa
 def test_parse_grid_rejects_duplicates():
     with pytest.raises(UserError, match="twice"):
         sweep.parse_grid(["lora_r=8", "lora_r=16"])
+
+
+def test_relaunch_resumes_or_starts_over_what_a_kill_left(tmp_path):
+    """A point killed before its first checkpoint holds a run with nothing to continue from: the relaunch
+    starts it over (--overwrite), one with a checkpoint continues it, a finished one is left alone."""
+    early, resumable, finished, fresh = (tmp_path / name for name in ("early", "resumable", "finished", "fresh"))
+    (early / "validation").mkdir(parents=True)
+    (early / "sweep.log").write_text("$ vlm-tune sft ...\n")  # the launcher's log is not the run's
+    (resumable / "checkpoint-2").mkdir(parents=True)
+    finished.mkdir()
+    (finished / "run_summary.json").write_text("{}")
+    assert sweep.relaunch_flags(early, []) == ["--overwrite"]
+    assert sweep.relaunch_flags(early, ["--overwrite"]) == []  # already asked for
+    assert sweep.relaunch_flags(resumable, []) == ["--resume_from_checkpoint", "true"]
+    assert sweep.relaunch_flags(finished, []) == sweep.relaunch_flags(fresh, []) == []
+
+
+def test_a_folder_holding_only_the_sweep_log_is_a_new_run(tmp_path):
+    """The subprocess launcher opens RUN/sweep.log before the run starts: the run must not refuse its folder."""
+    from types import SimpleNamespace
+
+    from vlm_tune.train.run_folder import check_output_dir, run_entries
+
+    run = tmp_path / "point"
+    run.mkdir()
+    (run / "sweep.log").write_text("$ vlm-tune sft ...\n")
+    assert run_entries(run) == ([], [])
+    check_output_dir(SimpleNamespace(output_dir=str(run), resume_from_checkpoint=None), overwrite=False)
+
+
+def test_a_point_killed_before_its_first_checkpoint_runs_again(tiny_model_dir, tiny_chartqa_dir, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    killed = sweep_dir / "lr1e-3"
+    (killed / "validation").mkdir(parents=True)
+    (killed / "validation" / "step-000000.jsonl").write_text("{}\n")
+    state = sweep.run_sweep(str(TINY_RECIPE), {"learning_rate": ["1e-3"]}, sweep_dir,
+                            common_overrides(tiny_model_dir, tiny_chartqa_dir), in_process=True, compare=False)
+    assert [r["status"] for r in state["runs"]] == ["finished"]
+    assert "--overwrite" in state["runs"][0]["command"] and (killed / "run_summary.json").is_file()

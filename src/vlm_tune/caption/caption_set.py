@@ -17,7 +17,8 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from vlm_tune.core.images import find_images, is_image_name, safe_join
+from vlm_tune.caption.folder_checks import find_images_checked
+from vlm_tune.core.images import is_image_name, safe_join
 
 METADATA = "metadata.jsonl"
 KNOWN_EXTENSIONS = (".caption", ".txt")  # sidecar extensions looked for; also the tie-break order
@@ -276,7 +277,7 @@ def read_set(root: str | os.PathLike, caption_extension: str | None, caption_col
     """Everything read_caption_set and lint_folder need: entries, problems, the source chosen, sidecar counts."""
     root = Path(root)
     asked = normalize_extension(caption_extension)
-    images, refused = find_images(root)
+    images, refused = find_images_checked(root, "caption-lint")  # a symlink loop: one line
     problems = [problem(rel, "warning", f"not used: {reason}") for rel, reason in refused]
     extensions = {e.lower() for e in KNOWN_EXTENSIONS} | ({asked.lower()} if asked and asked != METADATA else set())
     stems = _images_by_stem(images, problems)

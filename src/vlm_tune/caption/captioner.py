@@ -3,8 +3,10 @@
     vlm-tune caption IMAGES_DIR --adapter runs/tiny-sft-captioner --format both --mode dual --trigger sks
     vlm-tune caption IMAGES_DIR --model HuggingFaceTB/SmolVLM-256M-Instruct --format kohya
 
-find images → read the captions already there → load model → caption in batches → write each batch
-(atomically) → QA report. Formats (`vlm_tune.caption.formats`): kohya sd-scripts (a sidecar
+the adapter's base checked (`core.fingerprint`) → find images → read the captions already there →
+check the folders to write in (`caption.folder_checks`: read-only, caption paths that are folders, symlink
+loops — one line before anything is written) → load model → caption in batches → write each batch
+(atomically; a full disk is one line, the whole files kept) → QA report. Formats (`vlm_tune.caption.formats`): kohya sd-scripts (a sidecar
 `<stem><ext>` beside each image, UTF-8, first line read) and diffusers (`metadata.jsonl` rows
 `{"file_name", "text"}` at the root). A caption already present in either format is the caption of
 record: it is never replaced without `--overwrite`, and a missing format is filled from it, so both
@@ -22,7 +24,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from vlm_tune.caption.analysis import analyze_captions
+from vlm_tune.caption.folder_checks import check_not_folders, check_writable, find_images_checked, writing
 from vlm_tune.caption.formats import (
     METADATA,
     caption_lines,
@@ -34,10 +36,11 @@ from vlm_tune.caption.formats import (
     write_metadata,
     write_sidecar,
 )
-from vlm_tune.caption.qa_report import write_report
+from vlm_tune.caption.qa_report import print_summary, write_qa_report
 from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.images import MAX_PIXELS, find_images, open_image, safe_join
+from vlm_tune.core.fingerprint import check_base
+from vlm_tune.core.images import MAX_PIXELS, open_image, safe_join
 from vlm_tune.core.prompts import DEFAULT_PROMPTS
 from vlm_tune.core.text import collapse_char_loops, printable, trim_loops
 
@@ -85,6 +88,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--do_image_splitting", type=_bool, help="split images into tiles (default: as trained)")
     p.add_argument("--image_longest_edge", type=int, help="resize images to this longest edge (default: as trained)")
     p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--force_base", action="store_true",
+                   help="caption with the adapter on --model even if it was trained on other weights")
     args = p.parse_args(argv)
     if not args.caption_extension.startswith("."):
         args.caption_extension = "." + args.caption_extension
@@ -104,7 +109,23 @@ def training_settings(adapter: str | None) -> dict:
     if not (folder / "adapter_config.json").is_file():
         raise UserError(f"no LoRA adapter in {adapter} (adapter_config.json missing)")
     recipe = folder / "recipe.yaml"
-    return (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}) if recipe.is_file() else {}
+    try:
+        settings = (yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}) if recipe.is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{recipe}: not valid YAML ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(settings, dict):
+        raise UserError(f"{recipe}: expected a mapping of recipe keys")
+    return settings
+
+
+def model_name(args, trained: dict) -> str:
+    """The base to caption with; with an adapter, checked to be the base it was trained on (core.fingerprint)."""
+    name = args.model or trained.get("model_name_or_path")
+    if not name:
+        raise UserError("no model: pass --model (or an --adapter whose folder holds the run's recipe.yaml)")
+    if args.adapter:  # before anything is written; a hub id not downloaded yet is checked once it has loaded
+        check_base(args.adapter, name, None, getattr(args, "force_base", False), "--model")
+    return name
 
 
 # --- caption text ----------------------------------------------------------------------------
@@ -159,7 +180,9 @@ class Folder:
 def open_folder(args, root: Path) -> Folder:
     """Images and metadata.jsonl rows; a row escaping the root stops the run before anything is written."""
     kohya, diffusers = args.format in ("kohya", "both"), args.format in ("diffusers", "both")
-    images, refused = find_images(root)
+    images, refused = find_images_checked(root)
+    check_not_folders({rel: sidecar_of(root, rel, args.caption_extension) for rel in images} if kohya else {},
+                      root / METADATA if diffusers else None)
     if kohya:
         check_extensions(root, images, args.caption_extension)
     rows = read_metadata(root / METADATA, args.caption_column) if diffusers else []
@@ -201,6 +224,17 @@ def find_existing_captions(args, folder: Folder) -> None:
     folder.todo = todo[: len(todo) - folder.left_for_later]
 
 
+def folders_written(args, folder: Folder) -> set[Path]:
+    """Where this run may write captions: beside the images to caption (and those whose kohya caption is
+    filled in), and the root for metadata.jsonl."""
+    folders = {folder.root} if folder.diffusers and (folder.todo or folder.skipped) else set()
+    if folder.kohya:
+        folders |= {sidecar_of(folder.root, rel, args.caption_extension).parent for rel in folder.todo}
+        folders |= {sidecar_of(folder.root, rel, args.caption_extension).parent for rel in folder.skipped
+                    if not sidecar_of(folder.root, rel, args.caption_extension).exists()}
+    return folders
+
+
 def fill_missing_formats(args, folder: Folder) -> None:
     """Copy each kept caption into the format that lacks it, so kohya and diffusers agree."""
     for rel in folder.skipped:
@@ -226,12 +260,9 @@ def load_captioner(args, trained: dict):
 
     from vlm_tune.core.modeling import load_for_inference
 
-    model_name = args.model or trained.get("model_name_or_path")
-    if not model_name:
-        raise UserError("no model: pass --model (or an --adapter whose folder holds the run's recipe.yaml)")
     load_in_4bit = args.load_in_4bit if args.load_in_4bit is not None else bool(trained.get("load_in_4bit", False))
     model_args = ModelConfig(
-        model_name_or_path=model_name,
+        model_name_or_path=model_name(args, trained),
         dtype=args.dtype or trained.get("dtype") or "auto",
         load_in_4bit=load_in_4bit,
         bnb_4bit_quant_type=trained.get("bnb_4bit_quant_type", "nf4"),
@@ -240,7 +271,8 @@ def load_captioner(args, trained: dict):
     splitting = args.do_image_splitting if args.do_image_splitting is not None else trained.get("do_image_splitting")
     longest_edge = args.image_longest_edge or trained.get("image_longest_edge")
     return load_for_inference(model_args, args.trust_remote_code, longest_edge, splitting, args.adapter,
-                              dequantize_on_cpu=not args.keep_4bit)
+                              dequantize_on_cpu=not args.keep_4bit, force_base=getattr(args, "force_base", False),
+                              base_flag="--model")
 
 
 @dataclass
@@ -314,48 +346,17 @@ def write_batch(args, folder: Folder, names: list[str], captions: list[list[str]
 
 def caption_all(args, folder: Folder, captioner: Captioner) -> None:
     started = time.perf_counter()  # throughput of captioning, not of loading the model
-    bar = tqdm(total=len(folder.todo), desc="Captioning", unit="img", dynamic_ncols=True)
-    for start in range(0, len(folder.todo), args.batch_size):
-        batch = folder.todo[start : start + args.batch_size]
-        opened = open_batch(args, folder, batch)
-        if opened:
-            outputs = captioner.caption([image for _, image in opened], args.max_new_tokens, args.trigger)
-            captions = [[outputs[kind][i] for kind in captioner.kinds] for i in range(len(opened))]
-            write_batch(args, folder, [rel for rel, _ in opened], captions)
-        bar.update(len(batch))
-    bar.close()
+    with tqdm(total=len(folder.todo), desc="Captioning", unit="img", dynamic_ncols=True) as bar:
+        for start in range(0, len(folder.todo), args.batch_size):
+            batch = folder.todo[start : start + args.batch_size]
+            opened = open_batch(args, folder, batch)
+            if opened:
+                outputs = captioner.caption([image for _, image in opened], args.max_new_tokens, args.trigger)
+                captions = [[outputs[kind][i] for kind in captioner.kinds] for i in range(len(opened))]
+                with writing(folder.root, folder.written):  # a full disk: one line, the whole files are kept
+                    write_batch(args, folder, [rel for rel, _ in opened], captions)
+            bar.update(len(batch))
     folder.seconds = time.perf_counter() - started
-
-
-# --- QA report -------------------------------------------------------------------------------
-def write_qa_report(args, folder: Folder) -> tuple[dict, Path, Path]:
-    """The QA report of the whole caption set (kept + new) with this run's counts."""
-    written, seconds = folder.written, folder.seconds
-    counts = {
-        "images": len(folder.images), "written": len(written), "skipped_existing": len(folder.skipped),
-        "filled_other_format": folder.filled, "failed": len(folder.failed),
-        "left_for_a_later_run": folder.left_for_later,
-        "seconds": round(seconds, 2), "images_per_second": round(len(written) / seconds, 3) if written else None,
-        "failed_files": sorted(folder.failed, key=lambda f: f["file"]), "notes": folder.problems,
-        "format": args.format, "mode": args.mode, "caption_extension": args.caption_extension if folder.kohya else None,
-    }
-    entries = [{"file": rel, "captions": folder.existing[rel]} for rel in folder.images if rel in folder.existing]
-    report = analyze_captions(entries, trigger=args.trigger, counts=counts)
-    json_path, md_path = write_report(report, Path(args.report_dir or folder.root),
-                                      title=f"Caption QA report — {folder.root}")
-    return report, json_path, md_path
-
-
-def print_summary(folder: Folder, report: dict, json_path: Path, md_path: Path) -> None:
-    written, seconds = folder.written, folder.seconds
-    print(f"written {len(written)}, kept {len(folder.skipped)}, failed {len(folder.failed)}"
-          + (f", {len(written) / seconds:.2f} img/s" if written else ""))
-    for item in folder.failed:
-        print(f"  skipped {item['file']}: {item['reason']}")
-    suspicious = report.get("suspicious", [])
-    if suspicious:
-        print(f"  {len(suspicious)} suspicious caption(s) listed in {md_path}")
-    print(f"report: {md_path} and {json_path}")
 
 
 # --- command ---------------------------------------------------------------------------------
@@ -365,10 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     if not root.is_dir():
         raise UserError(f"images folder not found: {args.images_dir}")
     trained = training_settings(args.adapter)
+    if args.adapter:
+        model_name(args, trained)  # an adapter on another base: one line before anything is written
 
     folder = open_folder(args, root)
     find_existing_captions(args, folder)
-    fill_missing_formats(args, folder)
+    check_writable(folders_written(args, folder), Path(args.report_dir or root))  # read-only: before any write
+    with writing(root, folder.written):
+        fill_missing_formats(args, folder)
     skipped = folder.skipped
     print(f"{root}: {len(folder.images)} image(s); {len(skipped)} already captioned "
           f"(kept{', --overwrite not set' if skipped else ''}); {len(folder.todo)} to caption; "
@@ -376,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     if folder.todo:
         caption_all(args, folder, Captioner.load(args, trained))
 
-    report, json_path, md_path = write_qa_report(args, folder)
+    with writing(root, folder.written):
+        report, json_path, md_path = write_qa_report(args, folder)
     print_summary(folder, report, json_path, md_path)
     return 1 if args.strict and folder.failed else 0

@@ -2,8 +2,8 @@
 
     json_path, md_path = write_report(analyze_captions(entries, trigger="ohwx"), out_dir)
 
-`vlm-tune caption` writes it at the end of every run, `vlm-tune caption-lint` for any caption set
-(plus its format pitfalls).
+`vlm-tune caption` writes it at the end of every run (`write_qa_report`: the set with the run's
+counts), `vlm-tune caption-lint` for any caption set (plus its format pitfalls).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vlm_tune.caption.analysis import json_safe
+from vlm_tune.caption.analysis import analyze_captions, json_safe
 from vlm_tune.core.io import atomic_write_text
 from vlm_tune.core.markdown import md_escape, md_table
 
@@ -124,3 +124,34 @@ def write_report(report: dict, out_dir: str | os.PathLike, title: str = "Caption
     atomic_write_text(json_path, json.dumps(json_safe(report), indent=2, ensure_ascii=False) + "\n")
     atomic_write_text(md_path, render_markdown(report, title))
     return json_path, md_path
+
+
+# --- the report of a `vlm-tune caption` run -------------------------------------------------
+def write_qa_report(args, folder) -> tuple[dict, Path, Path]:
+    """The QA report of the whole caption set (kept + new) with this run's counts."""
+    written, seconds = folder.written, folder.seconds
+    counts = {
+        "images": len(folder.images), "written": len(written), "skipped_existing": len(folder.skipped),
+        "filled_other_format": folder.filled, "failed": len(folder.failed),
+        "left_for_a_later_run": folder.left_for_later,
+        "seconds": round(seconds, 2), "images_per_second": round(len(written) / seconds, 3) if written else None,
+        "failed_files": sorted(folder.failed, key=lambda f: f["file"]), "notes": folder.problems,
+        "format": args.format, "mode": args.mode, "caption_extension": args.caption_extension if folder.kohya else None,
+    }
+    entries = [{"file": rel, "captions": folder.existing[rel]} for rel in folder.images if rel in folder.existing]
+    report = analyze_captions(entries, trigger=args.trigger, counts=counts)
+    json_path, md_path = write_report(report, Path(args.report_dir or folder.root),
+                                      title=f"Caption QA report — {folder.root}")
+    return report, json_path, md_path
+
+
+def print_summary(folder, report: dict, json_path: Path, md_path: Path) -> None:
+    written, seconds = folder.written, folder.seconds
+    print(f"written {len(written)}, kept {len(folder.skipped)}, failed {len(folder.failed)}"
+          + (f", {len(written) / seconds:.2f} img/s" if written else ""))
+    for item in folder.failed:
+        print(f"  skipped {item['file']}: {item['reason']}")
+    suspicious = report.get("suspicious", [])
+    if suspicious:
+        print(f"  {len(suspicious)} suspicious caption(s) listed in {md_path}")
+    print(f"report: {md_path} and {json_path}")

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from vlm_tune.core.errors import UserError
+from vlm_tune.core.fingerprint import check_base
 from vlm_tune.core.hub import hub_error, is_hub_id, offline_unless_reachable
 
 # --- LoRA scopes -----------------------------------------------------------------------------
@@ -158,15 +159,18 @@ def load_model(model_args: ModelConfig, trust_remote_code: bool = False, train_v
     # DDP: bitsandbytes needs each process's 4-bit model on its own GPU. FSDP / ZeRO-3 place the shards
     # themselves and refuse a device_map.
     device_map = {"": PartialState().local_process_index} if torch.cuda.is_available() and not sharded else None
+    # No quantization asked: leave the key out — an explicit quantization_config=None makes transformers
+    # drop the config of a checkpoint that is already quantized (bitsandbytes) and its load fails.
+    quantization = {"quantization_config": quantization_config} if quantization_config is not None else {}
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             model_args.model_name_or_path,
             revision=model_args.model_revision,
             dtype=dtype,
-            quantization_config=quantization_config,
             device_map=device_map,
             attn_implementation=model_args.attn_implementation,
             trust_remote_code=trust_remote_code,
+            **quantization,
         )
     except OSError as exc:
         raise _hub_error(model_args.model_name_or_path, exc) from None
@@ -186,8 +190,13 @@ def load_for_inference(
     do_image_splitting: bool | None = None,
     adapter: str | None = None,
     dequantize_on_cpu: bool = True,
+    force_base: bool = False,
+    base_flag: str = "--model_name_or_path",
 ):
     """(model, processor) for generation (eval, caption): the base as trained (4-bit or not) + a LoRA adapter.
+
+    The adapter must have been trained on this base (`core.fingerprint.check_base`: another architecture
+    is refused, other weights too unless `force_base`); `base_flag` is how the command names the base.
 
     On CPU a 4-bit base is dequantized to its compute dtype before the adapter goes on: the weights are
     the very values the adapter was trained against (NF4 matmuls dequantize them anyway), but
@@ -195,18 +204,44 @@ def load_for_inference(
     at a time (4 % at batches of 16) on the tiny model, identical greedy outputs (docs/benchmarks.md).
     Costs memory: 4 bytes/param in fp32.
     """
+    base = model_args.model_name_or_path
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():
+        raise UserError(f"no LoRA adapter in {adapter} (adapter_config.json missing)")
     processor = load_processor(model_args, trust_remote_code, image_longest_edge, do_image_splitting)
+    # the base checked before it loads when its files are here; a hub id not downloaded yet: once loaded
+    checked = not adapter or check_base(adapter, base, model_args.model_revision, force_base, base_flag)
     model = load_model(model_args, trust_remote_code)
+    if not checked:
+        check_base(adapter, base, model_args.model_revision, force_base, base_flag, required=True)
     if dequantize_on_cpu and model_args.load_in_4bit and not torch.cuda.is_available():
         model = model.dequantize()
     if adapter:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise UserError(f"no LoRA adapter in {adapter} (adapter_config.json missing)")
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
+        model = attach_adapter(model, adapter, base)
     model.eval()
     return model, processor
+
+
+def attach_adapter(model, adapter: str | os.PathLike, base: str, is_trainable: bool = False):
+    """peft's PeftModel on `model`; an adapter of another architecture (weights of other shapes) is one line
+    naming the adapter and the base, not peft's page of size mismatches."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
+    except RuntimeError as exc:
+        mismatches = re.findall(r"size mismatch for (\S+?): copying a param with shape (.+?) from checkpoint, "
+                                r"the shape in current model is (.+?)\.?$", str(exc), flags=re.MULTILINE)
+        if not mismatches:
+            raise
+        name, saved, here = mismatches[0]
+        name = name.removeprefix("base_model.model.")
+        raise UserError(f"adapter {adapter} does not fit the base {base}: {len(mismatches)} weight(s) of another "
+                        f"shape (e.g. {name}: {_shape(saved)} in the adapter, {_shape(here)} here): it was trained "
+                        f"on another architecture; use the base it was trained on") from None
+
+
+def _shape(text: str) -> str:
+    return text.replace("torch.Size(", "").rstrip(")")
 
 
 def keep_4bit_trainable_on_cpu(model) -> None:

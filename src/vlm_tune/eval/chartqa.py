@@ -3,12 +3,14 @@ scenes split (a captioner's data, e.g. recipes/tiny/sft_captioner.yaml), with at
 precision (vlm_tune.eval.scenes).
 
     vlm-tune eval --config RECIPE.yaml [--adapter DIR] [--split test] [--limit N] [--output_dir DIR]
-        [--batch_size 16] [--max_new_tokens N] [--any_recipe_field value ...]
+        [--batch_size 16] [--max_new_tokens N] [--force_base] [--any_recipe_field value ...]
 
 ChartQA: writes `predictions.jsonl` (question, type, labels, prediction, correct) and `metrics.json`
 (overall + per question type + n) to ADAPTER/eval-SPLIT (runs/eval-base-SPLIT). Scenes: writes
 `predictions.jsonl` and `scores.json` to ADAPTER/captions-SPLIT (runs/scenes-base/captions-SPLIT).
-With no adapter it scores the base model.
+With no adapter it scores the base model. Before the model loads: every row to score is checked (a
+corrupt image is one line naming split and row), and an adapter's recorded base must be the recipe's
+`model_name_or_path` (`core.fingerprint`; `--force_base` scores it on other weights anyway, with a warning).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from vlm_tune.core.config import parse_recipe
 from vlm_tune.core.errors import UserError
 from vlm_tune.core.io import check_output_path
 from vlm_tune.core.modeling import load_for_inference
-from vlm_tune.data.rows import get_split, load_splits
+from vlm_tune.data.rows import check_rows, get_split, load_splits
 from vlm_tune.data.scoring import evaluate_split, format_table, write_results
 from vlm_tune.eval.scenes import evaluate_scenes, is_scenes_split
 
@@ -41,6 +43,8 @@ def _parse_args(argv: list[str]):
                                              "scenes: ADAPTER/captions-SPLIT or runs/scenes-base/captions-SPLIT)")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, help="default: 16 (ChartQA answers), 48 (scenes captions)")
+    parser.add_argument("--force_base", action="store_true",
+                        help="score the adapter on model_name_or_path even if it was trained on other weights")
     args, recipe_argv = parser.parse_known_args(argv)
     for flag in ("limit", "batch_size", "max_new_tokens"):  # 0 or less: nothing to score, or a crash later
         value = getattr(args, flag)
@@ -62,8 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     split_name = args.split or script_args.dataset_test_split
     splits = load_splits(script_args.dataset_name, script_args.dataset_config)
     split = get_split(splits, split_name, script_args.dataset_name, args.limit)
+    check_rows(split, f"{script_args.dataset_name} [{split_name}]")  # a bad row: one line now, not a traceback later
     model, processor = load_for_inference(model_args, training_args.trust_remote_code, script_args.image_longest_edge,
-                                          script_args.do_image_splitting, args.adapter)
+                                          script_args.do_image_splitting, args.adapter, force_base=args.force_base)
     if is_scenes_split(split):  # a captioner's data: attribute recall / precision, not relaxed accuracy
         train = splits.get(script_args.dataset_train_split)
         return evaluate_scenes(model, processor, split, train, adapter=args.adapter, split_name=split_name,

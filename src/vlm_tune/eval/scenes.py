@@ -19,6 +19,7 @@ import datasets
 
 from data_builders.scenes import format_scores, score_predictions
 from vlm_tune.core.generation import generate_answers
+from vlm_tune.core.io import atomic_write_text
 from vlm_tune.data.scoring import text_only_prior
 
 # Scoring answers is text only and lives with the scenes' attributes (data_builders.scenes.score, where the
@@ -60,10 +61,8 @@ def evaluate_scenes(model, processor, split: datasets.Dataset, train: datasets.D
         prior = text_only_prior(train)
         _, result["prior_scores"] = score_predictions(split, [prior.get(t, "") for t in split["type"]])
     out = Path(output_dir or (Path(adapter or BASE_DIR) / f"captions-{split_name}"))
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    (out / "scores.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    atomic_write_text(out / "scores.json", json.dumps(result, indent=2) + "\n")
     if "prior_scores" in result:
         print("text-only prior\n" + format_scores(result["prior_scores"]) + "\n")
     print(("tuned" if adapter else "base") + "\n" + format_scores(scores))

@@ -1,12 +1,14 @@
 """`vlm-tune export`: merge a run's LoRA adapter into its base → a plain Hugging Face model folder, verified.
 
     vlm-tune export --adapter RUN --output DIR [--base PATH] [--dtype bfloat16|float32] [--overwrite]
-                    [--rows N] [--merge_into trained|original] [--dataset PATH]
+                    [--rows N] [--merge_into trained|original] [--dataset PATH] [--force_base]
 
 load the run and its base → merge in fp32 → cast → save (safetensors, config, generation config, processor)
 → load the saved folder the plain way and compare it with the adapter on held-out rows → export_report.json
 + model card → rename into DIR. Everything is written in a hidden folder beside DIR and renamed at the end:
 an export that is killed or fails its check leaves DIR as it was (nothing that looks finished).
+The base must be the one the adapter was trained on (the run's base_fingerprint.json, `core.fingerprint`):
+another architecture is one line, other weights too unless --force_base.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from data_builders._common import is_nonempty, positive_int, staged_replace
 from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
+from vlm_tune.core.fingerprint import check_base
 from vlm_tune.core.markdown import fmt, pct
 from vlm_tune.export.card import model_card
 from vlm_tune.export.merge import folder_processor, merge, run_processor, save_merged
@@ -46,6 +49,8 @@ def parse_args(argv: list[str]):
                         help="trained: the base as the adapter was trained on it (QLoRA: 4-bit, dequantized; exact); "
                              "original: the full-precision base (a QLoRA adapter then answers a little differently)")
     parser.add_argument("--dataset", help="held-out data to verify on (default: the run's recipe dataset_name)")
+    parser.add_argument("--force_base", action="store_true",
+                        help="merge into --base even if the adapter was trained on other weights (a loud warning)")
     return parser.parse_args(argv)
 
 
@@ -95,6 +100,9 @@ def print_check(report: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else list(argv))
     source = read_run(args.adapter, args.base, args.merge_into)
+    source.force_base = args.force_base
+    # the base the adapter was trained on (core.fingerprint); a hub id not downloaded yet: once it has loaded
+    check_base(source.run_dir, source.base, None, args.force_base, "--base")
     output = check_output(args.output, args.overwrite, source)
     dtype = args.dtype or source.base_dtype()
     split = held_out(source, args.dataset, args.rows)  # before the merge: missing data fails fast

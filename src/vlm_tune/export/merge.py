@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.modeling import load_model, load_processor
+from vlm_tune.core.fingerprint import check_base
+from vlm_tune.core.modeling import attach_adapter, load_model, load_processor
 from vlm_tune.export.source import RunSource
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
@@ -53,9 +54,10 @@ def base_for_merge(source: RunSource):
 
 
 def with_adapter(model, source: RunSource):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(source.run_dir)).eval()
+    """The run's adapter on `model`; weights of other shapes (another architecture) are one line."""
+    # a hub base that was not on this machine before it loaded is checked now (else: checked already, no-op)
+    check_base(source.run_dir, source.base, None, source.force_base, "--base", required=True)
+    return attach_adapter(model, source.run_dir, source.base).eval()
 
 
 # --- merge + save --------------------------------------------------------------------------------

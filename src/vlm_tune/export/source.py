@@ -34,6 +34,7 @@ class RunSource:
     base: str  # folder or hub id of the base model
     base_config: dict  # the base's config.json
     merge_into: str  # what the adapter merges into: "original", "trained (4-bit)" or "4-bit checkpoint"
+    force_base: bool = False  # --force_base: merge even into a base the adapter was not trained on
 
     @property
     def captioner(self) -> bool:

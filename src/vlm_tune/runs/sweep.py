@@ -7,7 +7,8 @@
 Layout: `SWEEP_DIR/<short name from the grid values>[-seedN]/` is an ordinary run folder (adapter,
 recipe.yaml, report.html, …) and `SWEEP_DIR/sweep.json` records the grid, every run's parameters,
 seed, status, exit code, time and command. A run is finished when its `run_summary.json` exists: a
-re-launched sweep skips it, and continues an unfinished run from its last checkpoint. At the end,
+re-launched sweep skips it, continues an unfinished run from its last checkpoint, and starts a run that
+was killed before its first checkpoint over (`--overwrite`: its folder holds nothing to continue). At the end,
 `SWEEP_DIR/compare/` holds `vlm-tune compare` of the finished runs.
 
 Each run is a subprocess by default: a fresh interpreter per run returns all memory (CUDA caches,
@@ -36,6 +37,7 @@ from vlm_tune.core.io import atomic_write_text
 from vlm_tune.core.markdown import fmt
 from vlm_tune.core.secrets import scrub_argv, scrub_text, secret_values
 from vlm_tune.runs.commands import JOBS, entry_point
+from vlm_tune.train.run_folder import run_entries
 
 # short names for the usual sweep keys (others keep their full name)
 ABBREVIATIONS = {
@@ -99,9 +101,21 @@ def run_argv(config: str, point: Point, run_dir: Path, overrides: list[str], swe
     argv += ["--output_dir", str(run_dir), "--run_name", f"{sweep_name}-{point.name}"]
     if "--run_tags" not in overrides:
         argv += ["--run_tags", f"sweep:{sweep_name}"]
-    if not is_finished(run_dir) and any(run_dir.glob("checkpoint-*")):
-        argv += ["--resume_from_checkpoint", "true"]  # killed earlier: continue, don't start over
-    return argv
+    return argv + relaunch_flags(run_dir, overrides)
+
+
+def relaunch_flags(run_dir: Path, overrides: list[str]) -> list[str]:
+    """How a point's folder left by an earlier launch continues: a checkpoint (or a run that got to its end
+    and was killed during the after-training work) is resumed; a run killed before its first checkpoint has
+    nothing to continue from and starts over (the job refuses a folder holding a run without --overwrite)."""
+    if is_finished(run_dir) or not run_dir.is_dir():
+        return []
+    if any(run_dir.glob("checkpoint-*")) or (run_dir / "trainer_state.json").is_file():
+        return ["--resume_from_checkpoint", "true"]  # killed earlier: continue, don't start over
+    own, _ = run_entries(run_dir)
+    if own and "--overwrite" not in overrides:
+        return ["--overwrite"]
+    return []
 
 
 def is_finished(run_dir: Path) -> bool:

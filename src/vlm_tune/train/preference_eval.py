@@ -11,6 +11,8 @@ import torch
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 from trl.trainer.utils import use_adapter
 
+from vlm_tune.core.io import atomic_write_text
+
 
 # --- score -----------------------------------------------------------------------------------
 def _sequence_logps(model, batch) -> torch.Tensor:
@@ -81,6 +83,5 @@ class PreferenceEval:
     def write(self, out: Path) -> None:
         """`preference_eval.json` in the run folder (when both scores exist)."""
         if self.before and self.after:
-            (out / "preference_eval.json").write_text(
-                json.dumps({"before": self.before, "after": self.after}, indent=2) + "\n", encoding="utf-8"
-            )
+            atomic_write_text(out / "preference_eval.json",
+                              json.dumps({"before": self.before, "after": self.after}, indent=2) + "\n")

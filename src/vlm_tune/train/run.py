@@ -9,9 +9,10 @@ A job module (sft.py, dpo.py) reads parse → load → format → trainer → ru
     wire_trainer       (--overwrite: the old run's files go now, once the data and model have loaded)
                        fp32 adapters, no backward through the frozen vision tower, trackers on, and the
                        job's measurements (validation samples, throughput, batch trace)
-    train_and_report   train → save → summary → recipe.yaml → the job's own results → run_summary.json
-                       → report → trackers off. Resuming a run that already reached its last step trains
-                       nothing: its weights and state are loaded and the after-training work is redone.
+    train_and_report   train → save → summary → recipe.yaml, base_fingerprint.json → the job's own results
+                       → run_summary.json → report → trackers off. Resuming a run that already reached
+                       its last step trains nothing: its weights and state are loaded and the
+                       after-training work is redone.
 
 Only the main process (rank 0) writes recipe.yaml, the job's results, run_summary.json and the report,
 and prints the summary.
@@ -30,6 +31,7 @@ from typing import Any, Callable
 
 from vlm_tune.core.config import VlmScriptArguments, parse_recipe, write_resolved_recipe
 from vlm_tune.core import modeling
+from vlm_tune.core.fingerprint import write_fingerprint
 from vlm_tune.core.modeling import count_parameters, keep_adapters_fp32
 from vlm_tune.data.assets import ensure_assets
 from vlm_tune.report.run_report import write_report_safely
@@ -141,6 +143,8 @@ def train_and_report(
     if trainer.is_world_process_zero():
         out = run.output_dir
         write_resolved_recipe(run.resolved, out / "recipe.yaml", run.command_line)
+        # which base the adapter was trained on: eval, caption, export refuse another one (core.fingerprint)
+        write_fingerprint(out, run.model_args.model_name_or_path, run.model_args.model_revision)
         if after_saving is not None:
             summary.update(after_saving(trainer, out))
         write_summary(out, summary)

@@ -38,8 +38,11 @@ RUN_FILES = RUN_MARKERS + (
     "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt",
     "added_tokens.json", "eval_results.json", "report.html", "report.md", "report_files", "wandb", "tensorboard",
-    "ref", "eval-*", "captions-*", ".*.tmp",
+    "ref", "eval-*", "captions-*", ".*.tmp", "base_fingerprint.json",
 )
+# Written beside a run by what launched it, not by the run: neither the run's nor foreign (`vlm-tune sweep`
+# opens RUN/sweep.log before the run starts, and keeps appending to it across relaunches).
+LAUNCHER_FILES = ("sweep.log",)
 WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json")
 
 
@@ -49,9 +52,11 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 def run_entries(folder: Path) -> tuple[list[Path], list[Path]]:
     """(the run's own entries, the other visible entries) at the top of `folder`; hidden files
-    (.gitkeep, .DS_Store) count as neither, unless they are our interrupted writes."""
+    (.gitkeep, .DS_Store) and a launcher's log count as neither, unless they are our interrupted writes."""
     own, other = [], []
     for entry in sorted(folder.iterdir()):
+        if entry.name in LAUNCHER_FILES:
+            continue
         if _matches(entry.name, RUN_FILES):
             own.append(entry)
         elif not entry.name.startswith("."):
