@@ -55,7 +55,7 @@ def test_image_mode_export_is_the_builders_csv(tmp_path):
     assert rows[0]["image"].startswith("../team/samples/") and (output.parent / rows[0]["image"]).is_file()
     from data_builders.ratings.cli import main as build_main
 
-    assert run_command(build_main, ["--ratings", str(output), "--output", str(tmp_path / "pairs")]) == 0
+    assert run_command(build_main, ["--ratings", str(output), "--output", str(tmp_path / "pairs"), "--allow_outside_images"]) == 0
     report = json.loads((tmp_path / "pairs" / "report.json").read_text())
     assert report["mode"] == "image" and report["rows_read"] == len(rows) and report["rows_used"] > 0
     assert report["dropped"]["missing image"] == 0 and report["dropped"]["duplicate rater×item"] == 0

@@ -10,6 +10,7 @@ machine in `ps`). See docs/rating.md.
 
 from __future__ import annotations
 
+import csv
 import ipaddress
 import os
 import socket
@@ -96,7 +97,11 @@ def export(args) -> int:
     left_out = (f"; {result.removed_left_out} rating(s) of removed items left out (--include_removed adds them)"
                 if result.removed_left_out else "")
     print(f"wrote {result.path}: {result.rows} rows, {result.raters} rater(s), {result.items} item(s){left_out}")
-    print(f"next: python -m data_builders.ratings --ratings {result.path} --output DIR")
+    # the builder refuses images outside the CSV's folder unless told (no silent ../ embedding)
+    outside = any(row["image"].startswith("../") or Path(row["image"]).is_absolute()
+                  for row in csv.DictReader(Path(result.path).open(encoding="utf-8")))
+    flag = " --allow_outside_images" if outside else ""
+    print(f"next: python -m data_builders.ratings --ratings {result.path} --output DIR{flag}")
     return 0
 
 
