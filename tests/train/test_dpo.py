@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -111,3 +112,104 @@ def test_recipe_path_from_sample_ratings_to_dpo(tiny_model_dir, tmp_path):
     assert summary["train_pairs"] == report["pairs"]["train"] > 0
     assert report["rows_read"] == report["rows_used"] + sum(report["dropped"].values())
     assert summary["steps"] == 2
+
+
+# --- the frozen vision tower: no backward into it; one vision pass per pair -----------------------
+def test_no_backward_into_the_frozen_vision_tower_at_any_dpo_step(tiny_model_dir, pairs_dir, tmp_path):
+    """TRL re-enables gradient checkpointing after every reference forward, which re-hooks every
+    sub-model's input embeddings (SigLIP's too): before the fix, backward reached the tower from step 2
+    on and one hook more piled up per step."""
+    from vision_probes import VisionBackwardCounter
+
+    counter = VisionBackwardCounter()
+    dpo.main(dpo_argv(tiny_model_dir, pairs_dir, tmp_path / "gc", "--max_steps", "4", "--gradient_checkpointing",
+                      "true", "--per_device_train_batch_size", "2", "--dataset_test_split", "none"),
+             callbacks=[counter])
+    assert len(counter.per_step) == 4
+    assert counter.per_step == [0, 0, 0, 0], "backward reached the frozen vision tower"
+    assert counter.hooks_per_step == [(0, 1)] * 4, "input-grad hooks: none on the tower, one on the text, every step"
+
+
+def fixed_pair_batch(trainer, rows):
+    """TRL's collator on the rows, the first image made wide so the pairs have different tile counts
+    (padding images in the batch)."""
+    rows = [dict(r) for r in rows]
+    rows[0]["images"] = [rows[0]["images"][0].resize((160, 64))]
+    return trainer._prepare_inputs(trainer.data_collator(rows))
+
+
+def loss_logits_grads(trainer, compute_loss, batch):
+    model = trainer.model
+    model.zero_grad()
+    loss, outputs = compute_loss(model, dict(batch), True)  # True: logits too (TRL recomputes them)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k != "num_tokens"}  # num_tokens: cumulative
+    return loss.detach(), outputs.logits.detach(), grads, metrics
+
+
+def tower_images(trainer, compute_loss, batch) -> int:
+    """Images the vision encoder ran on during one loss computation."""
+    from vision_probes import TowerImages
+
+    images = TowerImages(trainer.model)
+    compute_loss(trainer.model, dict(batch), False)
+    images.remove()
+    return sum(images.calls)
+
+
+@pytest.mark.parametrize("scope, passes_per_pair", [("lm", 1), ("lm+connector", 1), ("all", 2)])
+def test_one_vision_pass_per_pair_matches_trls_own_path(tiny_model_dir, pairs_dir, scope, passes_per_pair):
+    """Our trainer and TRL's `_compute_loss` on the same model and batch: equal loss, logits, gradients
+    and metrics; the tower runs once per pair for lm and lm+connector, twice for all (TRL: 4 times)."""
+    from trl import DPOConfig, DPOTrainer, ModelConfig
+
+    from vlm_tune.core.modeling import build_lora_config, keep_adapters_fp32, load_model, load_processor
+    from vlm_tune.train.dpo_features import PairVisionDPOTrainer
+    from vlm_tune.train.frozen_vision import keep_vision_frozen
+
+    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                             use_peft=True, lora_r=8, lora_alpha=16)
+    pairs = datasets.load_from_disk(str(pairs_dir))["train"].select(range(3))
+    trainer = PairVisionDPOTrainer(
+        model=load_model(model_args), processing_class=load_processor(model_args, do_image_splitting=True),
+        args=DPOConfig(output_dir="unused", per_device_train_batch_size=3, max_length=None, report_to="none",
+                       gradient_checkpointing=True, bf16=False),
+        train_dataset=pairs, peft_config=build_lora_config(model_args, scope))
+    keep_adapters_fp32(trainer.model)
+    keep_vision_frozen(trainer.model)
+    trainer.model.train()
+    trainer.model.gradient_checkpointing_enable(trainer.args.gradient_checkpointing_kwargs)
+    torch.manual_seed(0)
+    for name, param in trainer.model.named_parameters():
+        if "lora_B" in name:  # policy != reference, so the reference pass matters
+            param.data.normal_(0, 0.05)
+    batch = fixed_pair_batch(trainer, [pairs[i] for i in range(3)])
+    images_per_row = batch["pixel_values"].abs().sum(dim=(2, 3, 4)).gt(0).sum(dim=1)
+    assert images_per_row.unique().numel() == 2, "the wide image has other tiles: padding images in the batch"
+    pair_images = int(images_per_row.sum()) // 2
+    trl_compute_loss = partial(DPOTrainer._compute_loss, trainer)
+
+    trl_loss, trl_logits, trl_grads, trl_metrics = loss_logits_grads(trainer, trl_compute_loss, batch)
+    loss, logits, grads, metrics = loss_logits_grads(trainer, trainer._compute_loss, batch)
+
+    assert torch.allclose(loss, trl_loss, rtol=1e-5, atol=1e-6) and loss.item() != pytest.approx(0.6931, abs=1e-3)
+    assert torch.allclose(logits, trl_logits, rtol=1e-4, atol=1e-5)
+    assert metrics == pytest.approx(trl_metrics, rel=1e-4, abs=1e-5)
+    assert grads.keys() == trl_grads.keys() and any("lora" in n for n in grads)
+    assert (scope == "all") == any("vision_model" in n for n in grads)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, trl_grads[name], rtol=1e-4, atol=1e-6), name
+    assert tower_images(trainer, trl_compute_loss, batch) == 4 * pair_images  # policy, reference × chosen, rejected
+    assert tower_images(trainer, trainer._compute_loss, batch) == passes_per_pair * pair_images
+
+
+def test_a_trl_without_the_overridden_method_is_one_clear_error(monkeypatch):
+    from trl import DPOTrainer
+
+    from vlm_tune.core.errors import UserError
+    from vlm_tune.train.dpo_features import check_trl_surface
+
+    monkeypatch.delattr(DPOTrainer, "_compute_loss")
+    with pytest.raises(UserError, match=r"needs trl 1.16 .*pip install 'trl>=1.16,<1.17'"):
+        check_trl_surface()
