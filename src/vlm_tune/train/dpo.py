@@ -20,7 +20,8 @@ from trl import DPOConfig
 
 from vlm_tune.core.config import VlmScriptArguments
 from vlm_tune.core.errors import UserError
-from vlm_tune.core.modeling import build_lora_config, check_machine, load_model
+from vlm_tune.core.fingerprint import check_base
+from vlm_tune.core.modeling import attach_adapter, build_lora_config, check_machine, load_model
 from vlm_tune.train.dpo_features import PairVisionDPOTrainer
 from vlm_tune.train.pairs import ensure_pairs, load_pairs
 from vlm_tune.train.preference_eval import PreferenceEval
@@ -46,6 +47,9 @@ class DpoScriptArguments(VlmScriptArguments):
     min_raters: int = field(default=2, metadata={"help": "Drop items rated by fewer raters."})
     rating_margin: float = field(default=0.0, metadata={"help": "Minimum aggregated-score gap of a pair."})
     zscore: bool = field(default=True, metadata={"help": "Normalise each rater's scores before averaging."})
+    force_base: bool = field(
+        default=False, metadata={"help": "Refine sft_adapter even if it was trained on other weights (a loud warning)."}
+    )
 
 
 JOB = Job("dpo", DPOConfig, DpoScriptArguments)
@@ -58,11 +62,10 @@ def start_policy(model, script_args: DpoScriptArguments, model_args):
     peft_config = build_lora_config(model_args, script_args.lora_scope)
     if not script_args.sft_adapter:
         return model, peft_config
-    from peft import PeftModel
-
-    if not (Path(script_args.sft_adapter) / "adapter_config.json").is_file():
-        raise UserError(f"sft_adapter: no LoRA adapter in {script_args.sft_adapter} (adapter_config.json missing)")
-    return PeftModel.from_pretrained(model, script_args.sft_adapter, is_trainable=True), None
+    base = model_args.model_name_or_path
+    # a hub base that was not on this machine before it loaded is checked now (else: checked already, no-op)
+    check_base(script_args.sft_adapter, base, model_args.model_revision, script_args.force_base, required=True)
+    return attach_adapter(model, script_args.sft_adapter, base, is_trainable=True), None
 
 
 def restore_adapter(model, weights: dict[str, torch.Tensor]) -> None:
@@ -91,6 +94,11 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
     processor = load_processor(run)
     train_dataset, test_dataset = load_pairs(script_args)
     check_machine(run.resolved, model_args)
+    if script_args.sft_adapter:  # an adapter for this base (core.fingerprint), checked before the model loads
+        if not (Path(script_args.sft_adapter) / "adapter_config.json").is_file():
+            raise UserError(f"sft_adapter: no LoRA adapter in {script_args.sft_adapter} (adapter_config.json missing)")
+        check_base(script_args.sft_adapter, model_args.model_name_or_path, model_args.model_revision,
+                   script_args.force_base)
     model, peft_config = start_policy(load_model(model_args, training_args.trust_remote_code), script_args, model_args)
     sft_weights = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
 
