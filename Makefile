@@ -5,6 +5,7 @@
 #   make dpo                                    DPO of the tiny model on a sample team-ratings set (offline, CPU)
 #   make sweep                                  a 2×2 grid of the tiny SFT into runs/sweep-tiny + a comparison (CPU, minutes)
 #   make caption                                train the tiny captioner on synthetic scenes, caption a held-out folder
+#   make loop                                   captioner → candidates → simulated team rates via the server → DPO → re-caption, measured
 #   make sft ACCELERATE=ddp NPROC=2             the same SFT in 2 processes (accelerate; gloo on CPU, NCCL on GPUs)
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -67,6 +68,14 @@ sweep: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# make loop: the captioner learns a team's taste, end to end (docs/loop.md); a rerun continues a stopped run,
+# LOOP_ARGS="--overwrite" starts a finished one over. Trains runs/tiny-sft-captioner-loop first if it is missing.
+LOOP_DIR ?= runs/tiny-loop
+LOOP_ARGS ?=
+.PHONY: loop
+loop: install
+	$(BIN)/python -m vlm_tune.runs.loop --run_dir $(LOOP_DIR) $(LOOP_ARGS)
 
 clean-runs:
 	rm -rf runs artifacts

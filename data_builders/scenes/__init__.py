@@ -14,7 +14,7 @@ model sees one 64-px tile.
 
 Usage:
     python -m data_builders.scenes build --output artifacts/scenes-synth --train 2000 --val 20 --test 200 \\
-        --seed 0 [--image_size 128] [--num_proc 2] [--overwrite]
+        --seed 0 [--image_size 128] [--num_proc 2] [--question_types caption tags] [--overwrite]
     python -m data_builders.scenes export --dataset artifacts/scenes-synth --split test --output heldout [--overwrite]
     vlm-tune caption heldout/images ...                  # writes heldout/images/metadata.jsonl
     python -m data_builders.scenes score --heldout heldout [--json OUT]
@@ -33,7 +33,11 @@ Sizes count scenes; each scene gives one row per question type (caption, tags), 
 scenes × 2 rows. Rows are deterministic: scene i of a split depends only on (seed, split, i) and
 image_size, never on --num_proc.
 
-Modules: scene (vocabularies, spec, reference texts), render (pixels), build (DatasetDict, save),
+Question type `caption_phrasings` (not in the default build) writes each scene's caption in one of
+several phrasings (data_builders.scenes.phrasing) — the `make loop` captioner, whose sampled candidates
+must differ in how they say things for a team's taste to show up in its ratings.
+
+Modules: scene (vocabularies, spec, reference texts), phrasing (caption phrasings), render (pixels), build (DatasetDict, save),
 export (held-out folder), score (caption attributes, recall / precision), cli (the command line).
 """
 
@@ -41,6 +45,8 @@ from data_builders._common import BUILD_INFO, SPLITS, encode_png, read_build_inf
 from data_builders.scenes.build import (
     BUILD_VERSION,
     FEATURES,
+    KNOWN_QUESTION_TYPES,
+    PHRASINGS_TYPE,
     QUESTION_TYPES,
     build,
     build_info,
@@ -50,6 +56,7 @@ from data_builders.scenes.build import (
 )
 from data_builders.scenes.cli import main
 from data_builders.scenes.export import EXPORT_FOLDERS, export_images, export_name, unique_scenes
+from data_builders.scenes.phrasing import PHRASING_WEIGHTS, PHRASINGS, phrase, phrasing_settings, pick_phrasing
 from data_builders.scenes.render import render_scene
 from data_builders.scenes.scene import (
     BACKGROUND_COLORS,
@@ -88,10 +95,12 @@ from data_builders.scenes.score import (
 # read_build_info, build, save (and BUILD_INFO, the settings file they compare).
 __all__ = [
     "ATTRIBUTE_KINDS", "BACKGROUND_COLORS", "BUILD_INFO", "BUILD_VERSION", "COLOR_WORDS", "EXPORT_FOLDERS", "FEATURES",
-    "GROUPS", "LAYOUTS", "OBJECT_COLORS", "OBJECT_COUNTS", "POSITIONS", "POSITION_WORDS", "QUESTION_TYPES",
+    "GROUPS", "KNOWN_QUESTION_TYPES", "LAYOUTS", "OBJECT_COLORS", "OBJECT_COUNTS", "PHRASINGS", "PHRASINGS_TYPE",
+    "PHRASING_WEIGHTS", "POSITIONS", "POSITION_WORDS", "QUESTION_TYPES",
     "REFERENCE_TEXT", "SHAPES", "SHAPE_WORDS", "SPLITS", "STYLES", "STYLE_WORDS", "SceneObject", "SceneSpec",
     "build", "build_info", "build_scenes", "caption_attributes", "caption_layout", "caption_text", "encode_png",
-    "export_images", "export_name", "format_scores", "main", "read_build_info", "read_diffusers_captions",
+    "export_images", "export_name", "format_scores", "main", "phrase", "phrasing_settings", "pick_phrasing",
+    "read_build_info", "read_diffusers_captions",
     "read_truth", "render_scene", "row_rng", "sample_scene", "save", "save_scenes", "scene_attributes",
     "score_captions", "score_predictions", "score_scenes", "tags_text", "unique_scenes",
 ]

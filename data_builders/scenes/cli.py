@@ -8,7 +8,14 @@ import os
 from pathlib import Path
 
 from data_builders._common import non_negative_int, positive_int, refuse_nonempty
-from data_builders.scenes.build import MIN_IMAGE_SIZE, build_info, build_scenes, save_scenes
+from data_builders.scenes.build import (
+    KNOWN_QUESTION_TYPES,
+    MIN_IMAGE_SIZE,
+    QUESTION_TYPES,
+    build_info,
+    build_scenes,
+    save_scenes,
+)
 from data_builders.scenes.export import export_images
 from data_builders.scenes.score import format_scores, read_diffusers_captions, score_captions
 from vlm_tune.core.cli_args import ArgParser
@@ -38,6 +45,9 @@ def _add_build(sub) -> ArgParser:
     b.add_argument("--image_size", type=_image_size, default=128, help="square image side in px (default %(default)s)")
     b.add_argument("--num_proc", type=positive_int, default=min(2, os.cpu_count() or 1),
                    help="render processes (default min(2, cpus) = %(default)s)")
+    b.add_argument("--question_types", nargs="+", choices=KNOWN_QUESTION_TYPES, default=list(QUESTION_TYPES),
+                   help="rows per scene (default: %(default)s; caption_phrasings: the caption in one of several "
+                        "phrasings, see data_builders.scenes.phrasing)")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     return b
 
@@ -76,8 +86,9 @@ def _parse_args(argv) -> argparse.Namespace:
 
 def _build_main(args) -> int:
     refuse_nonempty(args.output, args.overwrite)  # before rendering, so a refused run costs nothing
-    dataset_dict = build_scenes(args.train, args.val, args.test, args.seed, args.image_size, args.num_proc)
-    info = build_info(args.train, args.val, args.test, args.seed, args.image_size)
+    dataset_dict = build_scenes(args.train, args.val, args.test, args.seed, args.image_size, args.num_proc,
+                                args.question_types)
+    info = build_info(args.train, args.val, args.test, args.seed, args.image_size, args.question_types)
     save_scenes(dataset_dict, args.output, overwrite=args.overwrite, info=info)
     sizes = ", ".join(f"{split} {len(ds)}" for split, ds in dataset_dict.items())
     print(f"wrote {args.output} (rows: {sizes})")

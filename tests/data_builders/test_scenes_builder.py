@@ -296,3 +296,53 @@ def test_module_entry_point_runs_main_through_run_command():
                             cwd=REPO, capture_output=True, text=True)
     assert scenes.returncode == 2 and scenes.stderr.startswith("error:") and "vlm-tune eval" in scenes.stderr
     assert len(scenes.stderr.strip().splitlines()) == 1
+
+
+# --- caption phrasings (the `make loop` captioner) ---
+
+
+def test_every_phrasing_states_exactly_the_scene():
+    from data_builders.scenes import PHRASINGS, phrase
+
+    for i in range(100):
+        scene = sample_scene(row_rng(0, "train", i)).content()
+        for name in PHRASINGS:
+            text = phrase(scene, name)
+            assert caption_attributes(text) == scene_attributes(scene), (name, text)
+            assert caption_layout(text) == "sentence"
+    assert phrase(SCENE, "plain") == SENTENCE == caption_text(SCENE)
+    assert phrase(SCENE, "subject_first") == ("red circle on the left and blue square on the right on a pink "
+                                              "background in flat style")
+
+
+def test_phrasings_question_type_keeps_images_and_records_its_settings(built):
+    from data_builders.scenes import PHRASING_WEIGHTS, PHRASINGS, phrase, pick_phrasing
+
+    varied = build_scenes(*SIZES, seed=0, image_size=64, num_proc=1, question_types=["caption_phrasings", "tags"])
+    for split, n_scenes in zip(varied, SIZES):
+        rows, default_rows = _rows(varied)[split], _rows(built)[split]
+        assert [r[4] for r in rows] == [r[4] for r in default_rows]  # the same images and scenes
+        assert [r[2] for r in rows] == ["caption", "tags"] * n_scenes  # phrasing rows are caption rows
+        for index, row in enumerate(rows[::2]):
+            scene = json.loads(row[3])
+            assert row[0] == DEFAULT_PROMPTS["caption"]
+            assert row[1] == [phrase(scene, pick_phrasing(0, ("train", "val", "test").index(split), index))]
+    labels = [pick_phrasing(0, 0, i) for i in range(2000)]
+    assert {name: labels.count(name) / 2000 for name in PHRASINGS} == pytest.approx(PHRASING_WEIGHTS, abs=0.03)
+
+    default_info = build_info(2000, 20, 200, 0, 128)
+    assert default_info == {"builder": "data_builders.scenes", "sizes": [2000, 20, 200], "seed": 0, "image_size": 128,
+                            "question_types": ["caption", "tags"], "version": 2}  # make caption's data stays current
+    varied_info = build_info(2000, 20, 200, 0, 128, ["caption_phrasings", "tags"])
+    assert varied_info["phrasings"]["weights"] == PHRASING_WEIGHTS and "version" in varied_info["phrasings"]
+
+
+def test_cli_builds_phrasings_and_rejects_unknown_types(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["build", "--output", str(data), "--train", "3", "--val", "0", "--test", "0", "--image_size", "64",
+                 "--num_proc", "1", "--question_types", "caption_phrasings"]) == 0
+    info = read_build_info(data)
+    assert info["question_types"] == ["caption_phrasings"] and "phrasings" in info
+    assert datasets.load_from_disk(str(data))["train"]["type"] == ["caption"] * 3
+    assert run_command(main, ["build", "--output", str(tmp_path / "x"), "--question_types", "poems"]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -35,6 +35,7 @@ from vlm_tune.core.prompts import DEFAULT_PROMPTS
 # The rating page shows at most this many candidates per item (vlm_tune.rate.tasks.MAX_RESPONSES).
 MAX_CANDIDATES = 9
 SHOWN_LEFT_OUT = 5  # images named when some are left out (all of them are in no task row)
+CHUNK_IMAGES = 64  # images decoded and captioned at a time: a real dataset does not fit in memory at once
 
 
 # --- arguments -------------------------------------------------------------------------------
@@ -137,11 +138,8 @@ def generation_plan(args) -> list[dict]:
 
 def generate(model, processor, images: list, plan: list[dict], args, system_prompt) -> list[list[str]]:
     """Per image, the cleaned caption of each plan entry; greedy and sampled runs batched separately."""
-    import torch
-
     from vlm_tune.core.generation import generate_answers
 
-    torch.manual_seed(args.seed)  # sampled candidates are reproducible for a given seed and batch size
     out: list[list[str]] = [[""] * len(plan) for _ in images]
     for greedy in (True, False):
         steps = [j for j, step in enumerate(plan) if (step["source"] == "greedy") == greedy]
@@ -151,10 +149,38 @@ def generate(model, processor, images: list, plan: list[dict], args, system_prom
         kwargs = {} if greedy else {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
         raw = generate_answers(model, processor, [images[i] for i, _ in jobs], [plan[j]["prompt"] for _, j in jobs],
                                system_prompt, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                               desc="Greedy" if greedy else "Sampling", **kwargs)
+                               show_progress=False, **kwargs)
         for (i, j), text in zip(jobs, raw):
             out[i][j] = clean_caption(text, "caption", None)
     return out
+
+
+def generate_all(args, root: Path, names: list[str], trained: dict) -> tuple[list[str], list[list[str]], list]:
+    """(usable images, their generated captions, (image, reason) unusable), decoding CHUNK_IMAGES images at a
+    time: a real dataset does not fit in memory at once."""
+    import torch
+    from tqdm.auto import tqdm
+
+    model, processor = load_captioner(args, trained)
+    plan = generation_plan(args)
+    torch.manual_seed(args.seed)  # sampled candidates are reproducible for a given seed and batch size
+    usable, generated, unusable = [], [], []
+    bar = tqdm(total=len(names), desc="Candidates", unit="img", dynamic_ncols=True)
+    for start in range(0, len(names), CHUNK_IMAGES):
+        opened = []
+        for rel in names[start : start + CHUNK_IMAGES]:
+            image, why = open_image(root / rel, MAX_PIXELS)
+            if image is None:
+                unusable.append((rel, why))
+            else:
+                opened.append((rel, image))
+        if opened:
+            generated += generate(model, processor, [image for _, image in opened], plan, args,
+                                  trained.get("system_prompt"))
+            usable += [rel for rel, _ in opened]
+        bar.update(len(names[start : start + CHUNK_IMAGES]))
+    bar.close()
+    return usable, generated, unusable
 
 
 # --- task file -------------------------------------------------------------------------------
@@ -199,17 +225,15 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{args.tasks_output} exists; pass --overwrite to replace it")
     names, refused = find_images(root)
     names = names[: args.limit] if args.limit is not None else names
-    opened = [(rel, open_image(root / rel, MAX_PIXELS)) for rel in names]
-    unusable = [(rel, why) for rel, (image, why) in opened if image is None] + refused
-    opened = [(rel, image) for rel, (image, _) in opened if image is not None]
-    if not opened:
-        raise UserError(f"{root}: no usable images")
+    if not names:
+        raise UserError(f"{root}: no images found")
     trained = training_settings(args.adapter)
-    model, processor = load_captioner(args, trained)
-    plan = generation_plan(args)
-    generated = generate(model, processor, [image for _, image in opened], plan, args, trained.get("system_prompt"))
+    usable, generated, unusable = generate_all(args, root, names, trained)
+    unusable += refused
+    if not usable:
+        raise UserError(f"{root}: no usable images ({len(unusable)} could not be opened)")
 
-    usable = [rel for rel, _ in opened]
+    plan = generation_plan(args)
     on_disk = captions_on_disk(args, root, usable) if args.existing else {}
     tasks, sources, left_out = task_rows(args, root, usable, generated, plan, on_disk)
     if not tasks:

@@ -26,7 +26,7 @@ from vlm_tune.core.secrets import scrub
 from vlm_tune.report.page import Img, Page
 from vlm_tune.report.plots import run_plots
 from vlm_tune.report.run import Run, load_run, step_accuracies
-from vlm_tune.report.sections import eval_table, gallery_rows, held_out_table, summary_rows
+from vlm_tune.report.sections import before_after_rows, eval_table, gallery_rows, held_out_table, summary_rows
 
 FILES_DIR = "report_files"
 
@@ -87,6 +87,17 @@ def add_validation_samples(page: Page, run: Run) -> None:
         page.text("No validation samples (num_validation_samples: 0, or the run predates them).", muted=True)
 
 
+def add_captions_before_after(page: Page, run: Run) -> None:
+    """Held-out captions before vs after DPO, when the run folder has them (`make loop` writes them)."""
+    table = before_after_rows(run)
+    if table:
+        header, rows, total = table
+        page.heading("Held-out captions: before vs after DPO")
+        page.table(header, rows)
+        page.text(f"{len(rows)} of {total} held-out images, changed captions first: greedy captions of the starting "
+                  "adapter and of this run; team score: the team's mean rating (1–5).", muted=True)
+
+
 # --- report ----------------------------------------------------------------------------------
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html + report.md (+ report_files/*.png); return the HTML path."""
@@ -99,6 +110,7 @@ def write_report(run_dir: str | Path) -> Path:
     add_eval_metrics(page, run)
     add_held_out(page, run)
     add_validation_samples(page, run)
+    add_captions_before_after(page, run)
     subtitle = f"{run.path} · {run.summary.get('steps', '?')} steps · effective batch {run.summary.get('effective_batch', '?')}"
     page.write(out / "report.html", out / "report.md", subtitle)
     return out / "report.html"

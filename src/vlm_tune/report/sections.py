@@ -89,3 +89,23 @@ def gallery_rows(run: Run, steps: list[int]) -> tuple[list[str], list[list]]:
             cells.append(Mark(record["prediction"] or "(empty)", record["correct"]) if record else "–")
         rows.append(cells)
     return header, rows
+
+
+# --- held-out captions before / after DPO (a `make loop` run) --------------------------------
+BEFORE_AFTER = "captions_before_after.jsonl"  # written into the DPO run folder by vlm_tune.runs.loop_measure
+SHOWN_BEFORE_AFTER = 12
+
+
+def before_after_rows(run: Run) -> tuple[list[str], list[list], int] | None:
+    """Held-out images with their caption before and after DPO, changed ones first (rows: image, before,
+    after, team score before → after), and how many there are; None when the run folder has no such file."""
+    import json
+
+    path = run.path / BEFORE_AFTER
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records.sort(key=lambda r: r["before"] == r["after"])  # stable: changed first, in file order
+    rows = [[Img(run.path / r["image"], r.get("file_name", ""), width=96), r["before"], r["after"],
+             f"{r['team_before']:.1f} → {r['team_after']:.1f}"] for r in records[:SHOWN_BEFORE_AFTER]]
+    return ["image", "before DPO", "after DPO", "team score"], rows, len(records)
