@@ -4,31 +4,38 @@ next to what `vlm-tune plan` predicts for it.
 Each architecture (SmolVLM-256M, -500M, -2.2B; SmolVLM2-256M, -500M, -2.2B) is built with random weights
 from `vlm_tune.plan.models.KNOWN_MODELS` (the sizes `plan` knows) and the stand-in processor (SmolVLM's
 image processing at the architecture's tile size + the tiny model's tokenizer: image tokens exact, text
-tokens approximate), saved to a work folder. Every recipe of that model (`recipes/<arch>/sft_chartqa.yaml`,
-`dpo_ratings.yaml`, `sft_captioner.yaml` where it exists) then runs through the real command — `vlm-tune
-sft` / `vlm-tune dpo` as a subprocess, so peak RSS is the run's own — for `--steps` optimizer steps at the
-recipe's own image budget, followed by `vlm-tune caption` of `--captions` images with the captioner
-recipe's adapter (SmolVLM2; v1 has no captioner recipe). Random weights caption garbage or nothing;
-`caption` says so.
+tokens approximate), saved to a work folder (config and processor first; the weights only once a row
+runs). Every recipe of that model (`recipes/<arch>/sft_chartqa.yaml`, `dpo_ratings.yaml`,
+`sft_captioner.yaml`, `dpo_captioner.yaml` where it exists; dpo_captioner refines the bench's own captioner
+adapter) then runs through the real command — `vlm-tune sft` / `vlm-tune dpo` as a subprocess, so peak RSS
+is the run's own — for `--steps` optimizer steps at the recipe's own image budget, followed by `vlm-tune
+caption` of `--captions` images with the captioner recipe's adapter. Random weights caption garbage or
+nothing; `caption` says so.
 
-Overrides, only what the machine requires (listed in the JSON and the table's notes):
+Overrides, only what the machine requires (listed in the JSON):
 - cpu:  bf16 → fp32 (`--bf16 false --dtype float32`), batch 1, accumulation 1, no dataloader workers;
 - both: small synthetic data pointed at by `--dataset_name` (ChartQA-style charts at 800 px, scenes at the
         captioner recipe's 512 px, sample-rating pairs at 800 px), `--max_steps`, and eval, validation
         samples, checkpoints and trackers off. On cuda the recipe's own dtype, batch and accumulation run.
 
 Measured per run: seconds per optimizer step (train_runtime / steps, and step 2 alone from the time
-between the first two logged losses), peak RSS of the process (`os.wait4`), peak GPU memory allocated
-(cuda, from run_summary.json), image and text tokens per sample (TRL's collator / the processor on the
-trained rows; SFTTrainer's own token count as a check), trainable parameters (run_summary.json). Next to
-each: `vlm-tune plan --json` on the same recipe, overrides, model folder and data. `plan` reads SFT recipes
-only, so the DPO rows have no prediction.
+between the first two logged losses), peak RSS of the process (`os.wait4`) and an RSS timeline
+(anonymous vs file-backed, once a second: a peak while the checkpoint is mapped is a loading peak), peak
+GPU memory allocated (cuda, from run_summary.json), image and text tokens per sample (TRL's collator / the
+processor on the trained rows; SFTTrainer's own token count as a check), trainable parameters
+(run_summary.json). Next to each: `vlm-tune plan --json` on the same recipe, overrides, model folder and
+data. `plan` reads SFT recipes only, so the DPO rows have no prediction.
+
+Rows that cannot run here are skipped with the reason: `plan`'s total × 1.5 over the memory available now,
+or (cpu) a forecast over `--timeout` — the same recipe measured on a smaller architecture (this run's or
+`--references` JSONs), scaled by the step's work and, for loading, the parameter count.
 
 Usage (one run at a time; the machine is shared, so OMP_NUM_THREADS=--threads in the runs):
-    python -m bench.bench_arch [--arch 256m,500m,2.2b | smolvlm2-256m,...] [--recipes sft_chartqa,dpo_ratings,sft_captioner]
+    python -m bench.bench_arch [--arch 256m,500m,2.2b | smolvlm2-256m,...] [--recipes sft_chartqa,...]
         [--steps 2] [--captions 4] [--device cpu|cuda] [--threads 2] [--timeout 900] [--workdir DIR] [--json OUT]
-        [--dry-run: build the small data, print the commands]
-    python -m bench.bench_arch --table OUT.json      # print the Markdown tables of a saved run
+        [--references EARLIER.json ...] [--resume] [--clean-models] [--dry-run]
+    python -m bench.bench_arch --replan OUT.json ...   # re-predict with the current `vlm-tune plan`
+    python -m bench.bench_arch --table OUT.json ...    # print the Markdown tables of saved runs
 """
 
 from __future__ import annotations
@@ -425,8 +432,10 @@ def bench_recipe(arch: str, recipe_name: str, model_dir: Path, config, params: d
     ran = run_command([str(BIN / "vlm-tune"), job, *argv], out.with_name(out.name + ".log"), args.threads, args.timeout)
     result.update(load_before=[round(x, 2) for x in load_before], **{k: v for k, v in ran.items() if k != "tail"})
     if ran["exit"] != 0:
-        result["error"] = ("timed out after %d s" % args.timeout) if ran["timed_out"] else \
-            next((line for line in reversed(ran["tail"]) if "Error" in line or line.startswith("error:")), ran["tail"][-1:])
+        last = (ran["tail"] or ["(no output)"])[-1]
+        result["error"] = (f"timed out after {args.timeout:.0f} s" if ran["timed_out"] else
+                           next((line for line in reversed(ran["tail"]) if "Error" in line or line.startswith("error:")),
+                                last))
         print(f"  FAILED: {result['error']}", flush=True)
         return result
     summary = json.loads((out / "run_summary.json").read_text(encoding="utf-8"))
@@ -516,14 +525,16 @@ def bench_caption(arch: str, adapter_run: dict, args) -> dict:
     result.update({k: v for k, v in ran.items() if k not in ("tail", "loss_times_s")})
     report = images / "caption_report.json"
     if ran["exit"] != 0 or not report.is_file():
-        result["error"] = ("timed out after %d s" % args.timeout) if ran["timed_out"] else ran["tail"][-1:]
+        result["error"] = (f"timed out after {args.timeout:.0f} s" if ran["timed_out"]
+                           else (ran["tail"] or ["(no output)"])[-1])
         return result
     counts = json.loads(report.read_text(encoding="utf-8")).get("counts", {})
     result.update({"written": counts.get("written"), "failed": counts.get("failed"),
                    "caption_seconds": counts.get("seconds"),
                    "s_per_caption": round(counts["seconds"] / args.captions, 1) if counts.get("seconds") else None,
                    "reasons": sorted({f["reason"] for f in counts.get("failed_files", [])})})
-    print(f"  written {result['written']}, failed {result['failed']}, peak RSS {result['peak_rss_mb']:,} MB", flush=True)
+    print(f"  written {result['written']}, failed {result['failed']}, peak RSS {result['peak_rss_mb']:,} MB",
+          flush=True)
     return result
 
 
@@ -563,6 +574,22 @@ def _ratio(measured, predicted) -> str:
     return f"{predicted / measured:.2f}"
 
 
+def failed_cell(r: dict) -> str:
+    if r.get("skipped"):
+        forecast = f"forecast {r['forecast_s'] / 60:.0f} min" if r.get("forecast_s") else str(r["skipped"])[:60]
+        return f"skipped ({forecast})"
+    return "FAILED: " + str(r.get("error"))[:80]
+
+
+def peak_phase(r: dict) -> str:
+    """'loading' when the checkpoint file was still mapped at the RSS peak (file-backed pages near their
+    maximum: from_pretrained reads the safetensors through mmap), else 'training'."""
+    at = r.get("at_peak_rss")
+    if not at or not r.get("peak_file_mb"):
+        return "–"
+    return "loading" if at["file_mb"] > 0.5 * r["peak_file_mb"] and r["peak_file_mb"] > 300 else "training"
+
+
 def tables(data: dict) -> list[str]:
     from vlm_tune.core.markdown import fmt, md_table
 
@@ -570,10 +597,9 @@ def tables(data: dict) -> list[str]:
     captions = [r for r in data["results"] if r.get("kind") == "caption"]
     memory_key = "peak_gpu_mb" if data["device"] == "cuda" else "peak_rss_mb"
     plan_key = "tensors_mb" if data["device"] == "cuda" else "total_mb"
-    before = any(r.get("plan_at_run") for r in runs)  # after --replan: the prediction the run was made with too
     head = ["arch", "recipe", "image tok (plan)", "text tok (plan)", "trainable (plan)", "s/step", "step 2 s",
-            "peak GPU MB" if data["device"] == "cuda" else "peak RSS MB", "plan MB", "plan ÷ measured",
-            *(["plan ÷ measured before"] if before else []), "load"]
+            "peak GPU MB" if data["device"] == "cuda" else "peak RSS MB", "peak in", "plan MB", "plan ÷ measured",
+            "load"]
     rows = []
     for r in runs:
         tok, plan = r.get("measured_tokens", {}), r.get("plan", {})
@@ -583,10 +609,10 @@ def tables(data: dict) -> list[str]:
             f"{fmt(tok.get('image_tokens'))} ({fmt(plan.get('image_tokens'))})",
             f"{fmt(tok.get('text_tokens'))} ({fmt(plan.get('text_tokens'))})",
             f"{fmt(r.get('trainable'))} ({fmt(plan.get('trainable'))})",
-            fmt(r.get("s_per_step")) if not failed else f"**{str(failed)[:90]}**",
-            fmt(r.get("step2_s")), fmt(r.get(memory_key)), fmt(plan.get(plan_key)),
+            fmt(r.get("s_per_step")) if not failed else failed_cell(r),
+            fmt(r.get("step2_s")), fmt(r.get(memory_key)), peak_phase(r) if data["device"] == "cpu" else "–",
+            fmt(plan.get(plan_key)),
             _ratio(r.get(memory_key), plan.get(plan_key)) if not failed else "–",
-            *([_ratio(r.get(memory_key), (r.get("plan_at_run") or {}).get(plan_key))] if before else []),
             fmt((r.get("load_before") or [None])[0]),
         ])
     lines = md_table(head, rows, align=["l", "l"] + ["r"] * (len(head) - 2))
@@ -634,7 +660,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, help="default: WORKDIR/results-DEVICE.json (written after every run)")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs already in --json")
     parser.add_argument("--clean-models", action="store_true", help="delete each model folder after its rows")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, build and run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the small data and each model's config + processor, print the commands; "
+                        "train nothing")
     parser.add_argument("--references", type=Path, nargs="*", default=[],
                         help="JSON of earlier runs (e.g. the 256m rows) whose timings forecast this run's rows")
     parser.add_argument("--table", type=Path, nargs="+", help="print the tables of saved JSON(s) and exit")

@@ -22,6 +22,7 @@ from vlm_tune.core.config import VlmScriptArguments
 from vlm_tune.core.errors import UserError
 from vlm_tune.core.fingerprint import check_base
 from vlm_tune.core.modeling import attach_adapter, build_lora_config, check_machine, load_model
+from vlm_tune.train.cpu_memory import give_freed_memory_back
 from vlm_tune.train.dpo_features import PairVisionDPOTrainer
 from vlm_tune.train.pairs import ensure_pairs, load_pairs
 from vlm_tune.train.preference_eval import PreferenceEval
@@ -86,6 +87,7 @@ def drop_reference(model) -> None:
 
 # --- job -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
+    give_freed_memory_back()  # CPU: peak RSS is what a step uses, not what malloc kept (cpu_memory)
     run = setup(JOB, argv)
     script_args, training_args, model_args = run.script_args, run.training_args, run.model_args
     ensure_pairs(script_args)
