@@ -40,6 +40,12 @@ def tiny_smolvlm2_dir(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-smolvlm2", seed=0, arch="smolvlm2")
 
 
+@pytest.fixture(params=["idefics3", "smolvlm2"])
+def tiny_arch_dir(request) -> Path:
+    """The tiny model of each architecture (SmolVLM v1 = Idefics3, SmolVLM2): a test taking it runs on both."""
+    return request.getfixturevalue("tiny_model_dir" if request.param == "idefics3" else "tiny_smolvlm2_dir")
+
+
 @pytest.fixture(scope="session")
 def tiny_chartqa_dir(tmp_path_factory) -> Path:
     from data_builders.chartqa import build_chartqa, save_chartqa

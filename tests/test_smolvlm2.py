@@ -1,6 +1,6 @@
 """SmolVLM2 end to end on the tiny `--arch smolvlm2` model, on this CPU machine (no torchvision): SFT saves
 an adapter and a SmolVLM2 processor, the adapter loads and generates, `vlm-tune eval` and `vlm-tune
-caption` run on it, DPO trains a few steps. Each job loads its processor through
+caption` run on it, it exports to a plain folder, DPO trains a few steps. Each job loads its processor through
 `core.modeling.load_processor` — the route these tests exist for."""
 
 from __future__ import annotations
@@ -93,3 +93,31 @@ def test_dpo_few_steps_from_sample_ratings(tiny_smolvlm2_dir, tmp_path):
     assert (tmp_path / "dpo" / "adapter_model.safetensors").is_file()
     saved = json.loads((tmp_path / "dpo" / "processor_config.json").read_text())
     assert saved["processor_class"] == "SmolVLMProcessor"
+
+
+LOAD_WITHOUT_PEFT = """
+import json, sys
+sys.modules["peft"] = None  # any import of peft fails: the folder must not need it
+from transformers import AutoModelForImageTextToText
+print(json.dumps({"class": type(AutoModelForImageTextToText.from_pretrained(sys.argv[1])).__name__}))
+"""
+
+
+def test_export_merges_into_a_plain_smolvlm2_folder(smolvlm2_run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from vlm_tune.export import command as export
+
+    out = tmp_path / "merged"
+    report = export.main(["--adapter", str(smolvlm2_run_dir), "--output", str(out), "--rows", "4"])
+    assert report["passed"] is True and report["answers"]["agreement"] == 1.0
+    assert report["logits"]["max_abs_diff"] <= 1e-3 and report["merged_into"] == "trained (4-bit)"
+    assert json.loads((out / "config.json").read_text())["model_type"] == "smolvlm"
+    saved = json.loads((out / "processor_config.json").read_text())
+    assert saved["processor_class"] == "SmolVLMProcessor" and "video_processor" in saved  # AutoProcessor with torchvision
+    assert not list(out.glob("adapter_*"))
+    done = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_PEFT, str(out)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["class"] == "SmolVLMForConditionalGeneration"

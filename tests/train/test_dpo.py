@@ -60,10 +60,10 @@ class Snapshot(TrainerCallback):
         self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_fresh_lora_dpo_trains_only_lora_against_adapters_disabled(tiny_model_dir, pairs_dir, tmp_path):
+def test_fresh_lora_dpo_trains_only_lora_against_adapters_disabled(tiny_arch_dir, pairs_dir, tmp_path):
     snapshot = Snapshot()
     out = tmp_path / "dpo"
-    summary = dpo.main(dpo_argv(tiny_model_dir, pairs_dir, out, "--max_steps", "8"), callbacks=[snapshot])
+    summary = dpo.main(dpo_argv(tiny_arch_dir, pairs_dir, out, "--max_steps", "8"), callbacks=[snapshot])
     assert snapshot.adapters == {"default"}, "a fresh adapter needs no reference copy: adapters off = reference"
     changed = {n for n in snapshot.before if not torch.equal(snapshot.before[n], snapshot.after[n])}
     assert any("lora_B" in n for n in changed)
@@ -115,14 +115,14 @@ def test_recipe_path_from_sample_ratings_to_dpo(tiny_model_dir, tmp_path):
 
 
 # --- the frozen vision tower: no backward into it; one vision pass per pair -----------------------
-def test_no_backward_into_the_frozen_vision_tower_at_any_dpo_step(tiny_model_dir, pairs_dir, tmp_path):
+def test_no_backward_into_the_frozen_vision_tower_at_any_dpo_step(tiny_arch_dir, pairs_dir, tmp_path):
     """TRL re-enables gradient checkpointing after every reference forward, which re-hooks every
     sub-model's input embeddings (SigLIP's too): before the fix, backward reached the tower from step 2
     on and one hook more piled up per step."""
     from vision_probes import VisionBackwardCounter
 
     counter = VisionBackwardCounter()
-    dpo.main(dpo_argv(tiny_model_dir, pairs_dir, tmp_path / "gc", "--max_steps", "4", "--gradient_checkpointing",
+    dpo.main(dpo_argv(tiny_arch_dir, pairs_dir, tmp_path / "gc", "--max_steps", "4", "--gradient_checkpointing",
                       "true", "--per_device_train_batch_size", "2", "--dataset_test_split", "none"),
              callbacks=[counter])
     assert len(counter.per_step) == 4
@@ -159,7 +159,7 @@ def tower_images(trainer, compute_loss, batch) -> int:
 
 
 @pytest.mark.parametrize("scope, passes_per_pair", [("lm", 1), ("lm+connector", 1), ("all", 2)])
-def test_one_vision_pass_per_pair_matches_trls_own_path(tiny_model_dir, pairs_dir, scope, passes_per_pair):
+def test_one_vision_pass_per_pair_matches_trls_own_path(tiny_arch_dir, pairs_dir, scope, passes_per_pair):
     """Our trainer and TRL's `_compute_loss` on the same model and batch: equal loss, logits, gradients
     and metrics; the tower runs once per pair for lm and lm+connector, twice for all (TRL: 4 times)."""
     from trl import DPOConfig, DPOTrainer, ModelConfig
@@ -168,7 +168,7 @@ def test_one_vision_pass_per_pair_matches_trls_own_path(tiny_model_dir, pairs_di
     from vlm_tune.train.dpo_features import PairVisionDPOTrainer
     from vlm_tune.train.frozen_vision import keep_vision_frozen
 
-    model_args = ModelConfig(model_name_or_path=str(tiny_model_dir), load_in_4bit=True, bnb_4bit_quant_type="nf4",
+    model_args = ModelConfig(model_name_or_path=str(tiny_arch_dir), load_in_4bit=True, bnb_4bit_quant_type="nf4",
                              use_peft=True, lora_r=8, lora_alpha=16)
     pairs = datasets.load_from_disk(str(pairs_dir))["train"].select(range(3))
     trainer = PairVisionDPOTrainer(

@@ -12,9 +12,11 @@ import torch
 from datasets import load_from_disk
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+from trl import ModelConfig
 
 from vlm_tune.train import sft
 from vlm_tune.core.generation import generate_answers
+from vlm_tune.core.modeling import load_processor
 
 from helpers import REPO, sft_argv
 
@@ -31,11 +33,11 @@ class ParamSnapshot(TrainerCallback):
         self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_qlora_sft_trains_lora_only_and_saves_a_loadable_adapter(tiny_model_dir, tiny_chartqa_dir, tmp_path):
+def test_qlora_sft_trains_lora_only_and_saves_a_loadable_adapter(tiny_arch_dir, tiny_chartqa_dir, tmp_path):
     snapshot = ParamSnapshot()
     out = tmp_path / "run"
     # gradient checkpointing on (as in the real recipes): non-reentrant, through 4-bit layers + LoRA
-    summary = sft.main(sft_argv(tiny_model_dir, tiny_chartqa_dir, out, "--max_steps", "3", "--save_strategy", "no",
+    summary = sft.main(sft_argv(tiny_arch_dir, tiny_chartqa_dir, out, "--max_steps", "3", "--save_strategy", "no",
                                 "--gradient_checkpointing", "true"),
                        callbacks=[snapshot])
 
@@ -58,10 +60,11 @@ def test_qlora_sft_trains_lora_only_and_saves_a_loadable_adapter(tiny_model_dir,
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
     assert "max_steps: 3" in (out / "recipe.yaml").read_text()
 
-    # the adapter loads with plain peft and generates
-    base = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
+    # the adapter loads with plain peft and generates (SmolVLM2's AutoProcessor needs torchvision: our route)
+    base = AutoModelForImageTextToText.from_pretrained(tiny_arch_dir)
     model = PeftModel.from_pretrained(base, out)
-    processor = AutoProcessor.from_pretrained(out)
+    smolvlm2 = json.loads((tiny_arch_dir / "config.json").read_text())["model_type"] == "smolvlm"
+    processor = load_processor(ModelConfig(model_name_or_path=str(out))) if smolvlm2 else AutoProcessor.from_pretrained(out)
     row = load_from_disk(str(tiny_chartqa_dir))["test"][0]
     assert len(generate_answers(model, processor, [row["image"]], [row["query"]], max_new_tokens=4)) == 1
 
