@@ -11,7 +11,7 @@ into the model folder's processor so TRL's script uses it too. Rows:
 - `256m`  the SmolVLM-256M architecture (random weights, stand-in tokenizer; built like
           `bench/bench_sft.py`'s GPU rows) with `recipes/smolvlm-256m/dpo_ratings.yaml`: 1024-px longest
           edge with splitting = 4 + 1 tiles of 512 px, 320 image tokens per image.
-- `500m`  the SmolVLM-500M architecture with the same recipe (no 500M DPO recipe; same 512-px tiles).
+- `500m`  the SmolVLM-500M architecture with `recipes/smolvlm-500m/dpo_ratings.yaml` (the same settings).
 
 Sides: `plain` = `python -m trl.scripts.dpo --config trl_dpo.yaml` (what `trl dpo` runs, minus the
 `accelerate launch` wrapper process), TRL's defaults for everything not listed above (its adapters in
@@ -54,7 +54,7 @@ from bench.bench_sft import BIN, REPO, build_model, lora_module_names, machine, 
 ROWS = {
     "tiny": {"recipe": "recipes/tiny/dpo_ratings.yaml", "steps": 10},
     "256m": {"recipe": "recipes/smolvlm-256m/dpo_ratings.yaml", "steps": 3},
-    "500m": {"recipe": "recipes/smolvlm-256m/dpo_ratings.yaml", "steps": 3},
+    "500m": {"recipe": "recipes/smolvlm-500m/dpo_ratings.yaml", "steps": 3},
 }
 CPU_OVERRIDES = ["--bf16", "false", "--dtype", "float32"]  # the recipes' bf16 needs a GPU: fp32 on CPU, both sides
 FIRST_STEP_KEYS = ("loss", "logps/chosen", "logps/rejected")

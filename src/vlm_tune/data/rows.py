@@ -121,7 +121,7 @@ def check_column_types(dataset: datasets.Dataset, where: str) -> None:
                         f"(datasets.Image, or {{bytes, path}} structs)")
 
 
-def _verify_image(value) -> None:
+def verify_image(value) -> None:
     """Raise if an image cell cannot be decoded: PNG is checked chunk by chunk (CRCs, no pixels kept),
     other formats are decoded at reduced size (JPEG draft mode) — much cheaper than a full decode."""
     if isinstance(value, Image.Image):
@@ -154,7 +154,7 @@ def check_rows(dataset: datasets.Dataset, where: str, indices: list[int] | None 
         if not isinstance(row["query"], str) or not row["query"].strip():
             raise UserError(f"{where} row {index}: empty query")
         try:
-            _verify_image(row["image"])
+            verify_image(row["image"])
         except Image.UnidentifiedImageError:
             raise UserError(f"{where} row {index}: unreadable image (not an image format PIL can read)") from None
         except Exception as exc:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, …)

@@ -95,7 +95,7 @@ def check_pair_rows(split, where: str) -> None:
     The first bad row is a UserError naming `where` and the row — before the model loads, not mid-training."""
     import datasets
 
-    from vlm_tune.data.rows import _verify_image  # the cheap check sft's rows get (PNG CRCs, JPEG draft)
+    from vlm_tune.data.rows import verify_image  # the cheap check sft's rows get (PNG CRCs, JPEG draft)
 
     feature = split.features["images"]
     if not isinstance(getattr(feature, "feature", None), datasets.Image):
@@ -112,7 +112,7 @@ def check_pair_rows(split, where: str) -> None:
             raise UserError(f"{where} row {index}: no image")
         for number, image in enumerate(row["images"]):
             try:
-                _verify_image(image)
+                verify_image(image)
             except Exception as exc:  # PIL raises many types for broken files (OSError, SyntaxError, ValueError, …)
                 raise UserError(f"{where} row {index}: image {number + 1} is unreadable ({type(exc).__name__}: "
                                 f"{' '.join(str(exc).split())[:120]})") from None
