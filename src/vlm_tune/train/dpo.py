@@ -87,9 +87,9 @@ def drop_reference(model) -> None:
 
 # --- job -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> dict:
-    give_freed_memory_back()  # CPU: peak RSS is what a step uses, not what malloc kept (cpu_memory)
     run = setup(JOB, argv)
     script_args, training_args, model_args = run.script_args, run.training_args, run.model_args
+    give_freed_memory_back(model_args.model_name_or_path)  # CPU, real sizes: peak RSS = a step's use (cpu_memory)
     ensure_pairs(script_args)
 
     # load (pairs come formatted: images, prompt, chosen, rejected)
