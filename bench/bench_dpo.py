@@ -135,7 +135,8 @@ def trl_config(training_args, model_args, *, model_dir, parquet, out, steps, tar
 def our_argv(recipe: str, overrides: list[str], *, model_dir, pairs, out, steps) -> list[str]:
     return ["dpo", "--config", recipe, "--model_name_or_path", str(model_dir), "--build_tiny_model", "false",
             "--ratings_file", "", "--dataset_name", str(pairs), "--dataset_test_split", "none", "--output_dir",
-            str(out), "--max_steps", str(steps), "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy",
+            str(out), "--overwrite_output_dir", "true", "--max_steps", str(steps), "--logging_steps", "1",
+            "--save_strategy", "no", "--eval_strategy",
             "no", "--report_to", "none", "--disable_tqdm", "true", *overrides]
 
 

@@ -196,7 +196,8 @@ def our_argv(recipe: str, *, model_dir: Path, data_dir: Path, out: Path, rows: i
 
     argv = ["--config", recipe, "--model_name_or_path", str(model_dir), "--dataset_name", str(data_dir),
             "--build_tiny_model", "false", "--synthetic_dataset", "false", "--max_train_samples", str(rows),
-            "--max_steps", str(steps), "--output_dir", str(out), "--eval_strategy", "no", "--eval_after_train",
+            "--max_steps", str(steps), "--output_dir", str(out), "--overwrite_output_dir", "true",  # a rerun replaces it
+            "--eval_strategy", "no", "--eval_after_train",
             "false", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
             "--logging_steps", str(logging_steps)]
     if "num_validation_samples" in VlmScriptArguments.__dataclass_fields__:
