@@ -549,13 +549,13 @@ def bench_arch(arch: str, args, save) -> list[dict]:
     results = []
     for recipe_name in recipes:
         earlier = next((r for r in args.earlier if row_key(r) == (arch, "run", recipe_name)
-                        and (r.get("exit") == 0 or r.get("skipped"))), None)
+                        and r.get("exit") == 0), None)  # a skipped row is tried again (the machine may differ)
         if earlier:
             print(f"[{arch}] {recipe_name}: kept from {args.json_path} (--resume)", flush=True)
         results.append(earlier or bench_recipe(arch, recipe_name, model_dir, config, params, args))
         save(results)
-    # Captions come from the captioner recipe's adapter. SmolVLM v1 has none here; its ChartQA adapter at
-    # the ChartQA budget (10 tiles per image) is not what a user captions with, and costs minutes per image.
+    # Captions come from the captioner recipe's adapter (a ChartQA adapter at 10 tiles per image is not what
+    # a user captions with, and costs minutes per image).
     captioner = next((r for r in results if r.get("exit") == 0 and r["recipe"].endswith("sft_captioner.yaml")), None)
     if args.captions and captioner:
         earlier = next((r for r in args.earlier if r.get("kind") == "caption" and r["arch"] == arch), None)
