@@ -24,7 +24,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vlm_tune.caption.captioner import _bool, clean_caption, load_captioner, training_settings
+from vlm_tune.caption.captioner import (_bool, add_model_loading_args, clean_caption, load_captioner,
+                                         training_settings)
 from vlm_tune.caption.formats import METADATA, caption_lines, read_metadata, read_sidecar, sidecar_of
 from vlm_tune.core.cli_args import ArgParser
 from vlm_tune.core.errors import UserError
@@ -62,14 +63,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--batch_size", type=int, default=16, help="sequences per generate call")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--overwrite", action="store_true", help="replace an existing task file")
-    p.add_argument("--load_in_4bit", type=_bool, help="NF4 base weights (default: as the adapter was trained)")
-    p.add_argument("--keep_4bit", action="store_true", help="CPU: keep the 4-bit layers instead of dequantizing")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), help="compute dtype")
-    p.add_argument("--do_image_splitting", type=_bool, help="split images into tiles (default: as trained)")
-    p.add_argument("--image_longest_edge", type=int, help="resize images to this longest edge (default: as trained)")
-    p.add_argument("--trust_remote_code", action="store_true")
-    p.add_argument("--force_base", action="store_true",
-                   help="use the adapter on --model even if it was trained on other weights")
+    add_model_loading_args(p)
     args = p.parse_args(argv)
     if not args.caption_extension.startswith("."):
         args.caption_extension = "." + args.caption_extension

@@ -55,6 +55,19 @@ def _bool(text: str) -> bool:
     return text.lower() in ("true", "1", "yes")
 
 
+def add_model_loading_args(p) -> None:
+    """The flags `load_captioner` reads (how the base and adapter load); shared with `vlm-tune candidates`."""
+    p.add_argument("--load_in_4bit", type=_bool, help="NF4 base weights (default: as the adapter was trained)")
+    p.add_argument("--keep_4bit", action="store_true",
+                   help="CPU: keep the 4-bit layers (less memory) instead of dequantizing them (faster, same weights)")
+    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), help="compute dtype (auto: bf16 on GPU)")
+    p.add_argument("--do_image_splitting", type=_bool, help="split images into tiles (default: as trained)")
+    p.add_argument("--image_longest_edge", type=int, help="resize images to this longest edge (default: as trained)")
+    p.add_argument("--trust_remote_code", action="store_true")
+    p.add_argument("--force_base", action="store_true",
+                   help="use the adapter on --model even if it was trained on other weights")
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = ArgParser(prog="vlm-tune caption", description="Caption an image folder for kohya sd-scripts and/or diffusers.")
     p.add_argument("images_dir", help="dataset root; images are found recursively (png, jpg, jpeg, webp, bmp)")
@@ -81,15 +94,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--report_dir", help="where caption_report.json/.md go (default: IMAGES_DIR)")
     p.add_argument("--limit", type=int, help="caption at most N images this run (a rerun continues)")
     p.add_argument("--max_pixels", type=int, default=MAX_PIXELS, help="refuse larger images (decompression bombs)")
-    p.add_argument("--load_in_4bit", type=_bool, help="NF4 base weights (default: as the adapter was trained)")
-    p.add_argument("--keep_4bit", action="store_true",
-                   help="CPU: keep the 4-bit layers (less memory) instead of dequantizing them (faster, same weights)")
-    p.add_argument("--dtype", choices=("auto", "bfloat16", "float16", "float32"), help="compute dtype (auto: bf16 on GPU)")
-    p.add_argument("--do_image_splitting", type=_bool, help="split images into tiles (default: as trained)")
-    p.add_argument("--image_longest_edge", type=int, help="resize images to this longest edge (default: as trained)")
-    p.add_argument("--trust_remote_code", action="store_true")
-    p.add_argument("--force_base", action="store_true",
-                   help="caption with the adapter on --model even if it was trained on other weights")
+    add_model_loading_args(p)
     args = p.parse_args(argv)
     if not args.caption_extension.startswith("."):
         args.caption_extension = "." + args.caption_extension
